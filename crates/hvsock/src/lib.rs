@@ -1,0 +1,3 @@
+//! Hyper-V sockets.
+pub mod addr;
+pub mod guid;
