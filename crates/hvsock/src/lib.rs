@@ -1,3 +1,96 @@
-//! Hyper-V sockets.
+//! Hyper-V sockets for Rust: stream sockets between partitions (the host, its VMs and its
+//! sandboxes), addressed by GUIDs instead of IP addresses, that never touch a network stack.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, VmId};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let service = ServiceId::from_vsock_port(2761);
+//! // In the host: accept from any partition that may reach it.
+//! let listener = HvListener::bind(SockAddrHv::new(VmId::WILDCARD, service))?;
+//! // In a child partition: connect to the parent.
+//! let mut stream = HvStream::connect(SockAddrHv::new(VmId::PARENT, service))?;
+//! stream.write_all(b"hello")?;
+//! let (mut conn, peer) = listener.accept()?;
+//! let mut buf = [0u8; 5];
+//! conn.read_exact(&mut buf)?;
+//! println!("{peer} says {}", String::from_utf8_lossy(&buf));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules
+//!
+//! - [`guid`]: [`Guid`], [`VmId`], [`ServiceId`], the well-known VmIds and the vsock template;
+//! - [`addr`]: [`SockAddrHv`] (byte-compatible with Windows `SOCKADDR_HV`) and `VM:SERVICE`
+//!   strings;
+//! - [`transport`]: how the crate reaches other partitions: through hvsockd (the provider), over
+//!   `AF_VSOCK` inside a Linux guest, or `AF_HYPERV` on Windows; always chosen explicitly;
+//! - [`HvStream`], [`HvListener`]: the std-style socket types;
+//! - [`dirs`]: where hvsockd keeps its registry and sockets;
+//! - `tokio` (feature `tokio`): async twins of the socket types;
+//! - `sys` (private): every system call, by platform.
+//!
+//! # Errors
+//!
+//! Errors are `std::io::Error`s with the kinds a socket caller expects:
+//! `ConnectionRefused` (nothing listens), `PermissionDenied` (the service is not registered,
+//! disabled, or policy forbids it), `HostUnreachable` (no such partition is reachable from here;
+//! unknown and unreachable partitions look the same), `AddrInUse`, `AddrNotAvailable`,
+//! `TimedOut`, `Unsupported`; the message says which service and why.
+
 pub mod addr;
+pub mod dirs;
 pub mod guid;
+mod listener;
+mod stream;
+mod sys;
+pub mod transport;
+
+#[cfg(unix)]
+mod wire;
+
+pub use addr::{AddrSpec, ServiceSpec, SockAddrHv, VmSpec};
+pub use guid::{Guid, ServiceId, VmId};
+pub use listener::{DEFAULT_BACKLOG, HvListener, Incoming};
+pub use stream::{DEFAULT_CONNECT_TIMEOUT, HvStream};
+pub use transport::Transport;
+
+#[cfg(unix)]
+mod unix_impls {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+    use crate::{HvListener, HvStream};
+
+    impl AsFd for HvStream {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.inner.as_fd()
+        }
+    }
+    impl AsRawFd for HvStream {
+        fn as_raw_fd(&self) -> RawFd {
+            self.inner.as_raw_fd()
+        }
+    }
+    impl From<HvStream> for OwnedFd {
+        fn from(stream: HvStream) -> OwnedFd {
+            stream.inner.into_fd()
+        }
+    }
+    impl IntoRawFd for HvStream {
+        fn into_raw_fd(self) -> RawFd {
+            OwnedFd::from(self).into_raw_fd()
+        }
+    }
+    impl AsFd for HvListener {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.inner.as_fd()
+        }
+    }
+    impl AsRawFd for HvListener {
+        fn as_raw_fd(&self) -> RawFd {
+            self.inner.as_fd().as_raw_fd()
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Every OS-specific line of the crate, chosen by `cfg`; the types above this module are safe
+//! and portable.
+//!
+//! - `unix`: stream socket I/O, and the provider transport (hvsockd's endpoint);
+//! - `unix::vsock` (Linux): the `AF_VSOCK` transport for use inside a guest;
+//! - `windows`: the native `AF_HYPERV` transport.
+
+#[cfg(unix)]
+pub(crate) mod unix;
+
+#[cfg(unix)]
+pub(crate) use unix::Socket;
+
+use std::io;
+use std::time::Duration;
+
+use crate::addr::SockAddrHv;
+use crate::stream::HvStream;
+use crate::transport::Transport;
+
+/// Connects through `transport`.
+pub(crate) fn connect(
+    transport: &Transport,
+    addr: SockAddrHv,
+    timeout: Duration,
+) -> io::Result<HvStream> {
+    match transport {
+        #[cfg(unix)]
+        Transport::Provider(endpoint) => {
+            let est = unix::provider::connect(endpoint, addr, timeout)?;
+            Ok(HvStream {
+                inner: Socket::from_fd(est.fd),
+                local: est.local,
+                peer: est.peer,
+            })
+        }
+        other => Err(other.unsupported()),
+    }
+}
+
+/// A listener of any transport.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    #[cfg(unix)]
+    Provider(unix::provider::Listener),
+}
+
+impl Listener {
+    pub(crate) fn bind(
+        transport: &Transport,
+        addr: SockAddrHv,
+        backlog: u32,
+    ) -> io::Result<Listener> {
+        match transport {
+            #[cfg(unix)]
+            Transport::Provider(endpoint) => Ok(Listener::Provider(
+                unix::provider::Listener::bind(endpoint, addr, backlog)?,
+            )),
+            other => Err(other.unsupported()),
+        }
+    }
+
+    pub(crate) fn accept(&self) -> io::Result<HvStream> {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => {
+                let est = l.accept()?;
+                Ok(HvStream {
+                    inner: Socket::from_fd(est.fd),
+                    local: est.local,
+                    peer: est.peer,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> SockAddrHv {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => l.local_addr(),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => l.set_nonblocking(on),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<Listener> {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => Ok(Listener::Provider(l.try_clone()?)),
+        }
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Listener::Provider(l) => l.fd(),
+        }
+    }
+}

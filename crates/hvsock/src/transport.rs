@@ -1,0 +1,78 @@
+//! Which way the crate reaches other partitions.
+//!
+//! The transport is always chosen explicitly, never guessed:
+//!
+//! - [`Transport::Provider`] (the default on Unix): through hvsockd's endpoint socket. The
+//!   endpoint is `HVSOCK_ENDPOINT` if set, else `host.sock` in `HVSOCK_DIR`, else in the
+//!   default runtime directory (see [`crate::dirs`]).
+//! - [`Transport::Vsock`]: plain `AF_VSOCK`, inside a Linux guest, only when asked for with
+//!   `HVSOCK_TRANSPORT=vsock` or through this API. The crate never falls back to it.
+//! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::dirs::Dirs;
+
+/// The environment variable that chooses the transport: `provider` (default on Unix), `vsock`
+/// or `hyperv` (default on Windows).
+pub const ENV_TRANSPORT: &str = "HVSOCK_TRANSPORT";
+/// The environment variable that names the hvsockd endpoint socket to use.
+pub const ENV_ENDPOINT: &str = "HVSOCK_ENDPOINT";
+
+/// How to reach other partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Through the hvsockd endpoint socket at this path; the partition is whichever one this
+    /// endpoint belongs to.
+    Provider(PathBuf),
+    /// `AF_VSOCK`, inside a Linux guest.
+    Vsock,
+    /// `AF_HYPERV`, on Windows.
+    HyperV,
+}
+
+impl Transport {
+    /// The transport the environment asks for (see the module docs).
+    pub fn from_env() -> io::Result<Transport> {
+        let chosen = std::env::var(ENV_TRANSPORT).unwrap_or_default();
+        match chosen.trim().to_ascii_lowercase().as_str() {
+            "" if cfg!(windows) => Ok(Transport::HyperV),
+            "" | "provider" => Ok(Transport::Provider(default_endpoint()?)),
+            "vsock" => Ok(Transport::Vsock),
+            "hyperv" => Ok(Transport::HyperV),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{ENV_TRANSPORT}={other:?} is not a transport: use provider (through hvsockd), vsock (inside a Linux guest) or hyperv (Windows)"
+                ),
+            )),
+        }
+    }
+
+    /// The provider transport through the endpoint socket at `path`.
+    pub fn provider(path: impl Into<PathBuf>) -> Transport {
+        Transport::Provider(path.into())
+    }
+
+    /// The provider transport through the endpoint of the hvsockd serving `dir`.
+    pub fn provider_in(dir: impl AsRef<Path>) -> Transport {
+        Transport::Provider(Dirs::under(dir.as_ref()).host_socket())
+    }
+
+    pub(crate) fn unsupported(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the {self:?} transport is not available on this platform"),
+        )
+    }
+}
+
+/// `HVSOCK_ENDPOINT`, else `host.sock` under `HVSOCK_DIR` or the default runtime directory.
+pub fn default_endpoint() -> io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(ENV_ENDPOINT).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    Ok(Dirs::resolve(None)?.host_socket())
+}

@@ -1,0 +1,183 @@
+//! Endpoint sockets: `host.sock` for the root and `partitions/<vmid>.sock` for each sandbox
+//! partition. A client's partition is the endpoint it came through.
+//!
+//! Each endpoint is an `AF_UNIX` `SOCK_SEQPACKET` listening socket with an accept task; each
+//! accepted client gets a [`session`](crate::session) task. Removing a partition cancels its
+//! endpoint's token, which ends the accept task and every session of that partition, and
+//! unlinks the socket file.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hvsock::VmId;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Ctx;
+
+/// The `listen()` backlog of endpoint sockets.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug)]
+struct Open {
+    path: PathBuf,
+    cancel: CancellationToken,
+    sessions: Arc<AtomicUsize>,
+}
+
+/// The open endpoints, by partition.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    open: Mutex<HashMap<VmId, Open>>,
+}
+
+impl Endpoints {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live sessions of a partition.
+    pub fn sessions(&self, partition: VmId) -> usize {
+        self.lock()
+            .get(&partition)
+            .map_or(0, |o| o.sessions.load(Ordering::Relaxed))
+    }
+
+    /// The endpoint path of a partition, if open.
+    pub fn path(&self, partition: VmId) -> Option<PathBuf> {
+        self.lock().get(&partition).map(|o| o.path.clone())
+    }
+}
+
+/// Registers an owned socket with the tokio reactor.
+pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` holds one open descriptor for its whole life and `as_raw_fd`
+    // always returns that descriptor; the `AsyncFd` owns it from here on.
+    Ok(unsafe { AsyncFd::register(fd) }?)
+}
+
+/// Creates the endpoint socket of `partition` at `path` (replacing a stale file) with `mode`,
+/// and starts accepting on it.
+pub fn open(ctx: &Arc<Ctx>, partition: VmId, path: &Path, mode: u32) -> io::Result<()> {
+    let listener = listen(path, mode)?;
+    let afd = register(listener)?;
+    let cancel = ctx.shutdown.child_token();
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let previous = ctx.endpoints.lock().insert(
+        partition,
+        Open {
+            path: path.to_owned(),
+            cancel: cancel.clone(),
+            sessions: sessions.clone(),
+        },
+    );
+    if let Some(previous) = previous {
+        previous.cancel.cancel();
+    }
+    tokio::spawn(accept_loop(ctx.clone(), partition, afd, cancel, sessions));
+    Ok(())
+}
+
+/// Closes the endpoint of `partition`: ends its sessions and removes its socket file.
+pub fn close(ctx: &Ctx, partition: VmId) {
+    if let Some(open) = ctx.endpoints.lock().remove(&partition) {
+        open.cancel.cancel();
+        if let Err(e) = std::fs::remove_file(&open.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("removing endpoint {}: {e}", open.path.display());
+            }
+        }
+    }
+}
+
+/// Removes every endpoint socket file (on shutdown).
+pub fn remove_all(ctx: &Ctx) {
+    for (_, open) in ctx.endpoints.lock().drain() {
+        open.cancel.cancel();
+        let _ = std::fs::remove_file(&open.path);
+    }
+}
+
+fn listen(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    let context = |doing: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context("removing the stale socket", e)),
+    }
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| context("naming", e.into()))?;
+    rustix::net::bind(&sock, &addr).map_err(|e| context("binding", e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| context("setting the mode of", e))?;
+    rustix::net::listen(&sock, LISTEN_BACKLOG).map_err(|e| context("listening on", e.into()))?;
+    Ok(sock)
+}
+
+async fn accept_loop(
+    ctx: Arc<Ctx>,
+    partition: VmId,
+    listener: AsyncFd<OwnedFd>,
+    cancel: CancellationToken,
+    sessions: Arc<AtomicUsize>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(fd) => {
+                if sessions.load(Ordering::Acquire) >= ctx.limits.max_sessions_per_partition {
+                    tracing::warn!(
+                        partition = %ctx.label(partition),
+                        "refusing a client: the partition has {} sessions already",
+                        ctx.limits.max_sessions_per_partition
+                    );
+                    ctx.metrics.client_error(partition, "too_many_sessions");
+                    continue; // dropping fd closes it
+                }
+                sessions.fetch_add(1, Ordering::AcqRel);
+                let (ctx, cancel, sessions) = (ctx.clone(), cancel.child_token(), sessions.clone());
+                tokio::spawn(async move {
+                    crate::session::run(ctx, partition, fd, cancel).await;
+                    sessions.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: say so and back off rather than spin.
+                tracing::error!(partition = %ctx.label(partition), "accepting a client: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept(listener: &AsyncFd<OwnedFd>) -> io::Result<OwnedFd> {
+    loop {
+        let mut guard = listener.readable().await?;
+        match rustix::net::accept_with(
+            guard.get_inner(),
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        ) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! hvsockd, the hvsock provider: on a Linux host it plays the hypervisor's part for Hyper-V
+//! sockets. It authorises and routes connections between partitions (the host, its sandboxes
+//! and VMs), then hands each end a kernel socket and gets out of the way: it relays no bytes
+//! and keeps no data-path descriptor, so established connections outlive it.
+//!
+//! # Modules
+//!
+//! - [`server`]: start-up ([`Server::bind`]), the shared context, shutdown;
+//! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
+//!   accept loops; a client's partition is the endpoint it came through;
+//! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames;
+//! - [`router`]: the address semantics as pure functions (which partition a connect reaches,
+//!   which listener takes it, which binds are refused), tested row by row;
+//! - [`state`]: the in-memory world (registry mirror and live listeners) that turns router
+//!   decisions into answers;
+//! - [`listeners`]: a bound listener and its backlog;
+//! - [`registry`]: services and partitions in SQLite;
+//! - [`admin`]: the HTTP + JSON admin API on `admin.sock`;
+//! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`.
+
+pub mod admin;
+pub mod endpoint;
+pub mod listeners;
+pub mod metrics;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod state;
+
+pub use server::{Config, Limits, ServeError, Server};

@@ -1,0 +1,360 @@
+//! Performance counters: what `/metrics` shows in Prometheus text and `/v1/stats` in JSON.
+//!
+//! Counters are kept by ids and named at render time from the registry, so that a rename shows
+//! at once and the friendly name is the label people read. Connections to services that are not
+//! registered (loopback needs no registration) are counted together under one label, so that a
+//! client trying random GUIDs cannot grow the table without bound; partitions are bounded by the
+//! registry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hvsock::{ServiceId, VmId};
+use serde::Serialize;
+
+use crate::state::World;
+
+/// Upper bounds of the connect-latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// The key a service is counted under: its id if registered, else `None` (all unregistered).
+type ServiceKey = Option<ServiceId>;
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (bucket, &le) in self.buckets.iter_mut().zip(LATENCY_BUCKETS.iter()) {
+            if secs <= le {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    established: HashMap<(VmId, ServiceKey), u64>,
+    refused: HashMap<(VmId, ServiceKey, &'static str), u64>,
+    latency: HashMap<ServiceKey, Histogram>,
+    client_errors: HashMap<(VmId, &'static str), u64>,
+}
+
+/// The counters of one hvsockd.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Counts of one (partition, service) pair, for `/v1/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnectStats {
+    /// The connecting partition's name (or id if it is gone).
+    pub partition: String,
+    /// The service's friendly name, or `(unregistered)`.
+    pub service: String,
+    /// The service id, if registered.
+    pub service_id: Option<ServiceId>,
+    /// Connections established.
+    pub established: u64,
+    /// Refusals, by reason.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// The JSON form of the counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Per connecting partition and service.
+    pub connections: Vec<ConnectStats>,
+    /// Bound listeners per (partition, service name).
+    pub listeners: Vec<ListenerCount>,
+    /// Clients dropped for breaking the protocol, by partition and reason.
+    pub client_errors: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// Active listeners of one (partition, service).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListenerCount {
+    /// The partition's name.
+    pub partition: String,
+    /// The service's friendly name, or `(unregistered)`.
+    pub service: String,
+    /// How many are bound.
+    pub listeners: u64,
+}
+
+const UNREGISTERED: &str = "(unregistered)";
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection from `from` to `service` was established after `latency`.
+    pub fn established(&self, from: VmId, service: ServiceKey, latency: Duration) {
+        let mut inner = self.lock();
+        *inner.established.entry((from, service)).or_default() += 1;
+        inner
+            .latency
+            .entry(service)
+            .or_default()
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A connect from `from` to `service` was refused for `reason`.
+    pub fn refused(&self, from: VmId, service: ServiceKey, reason: &'static str) {
+        *self
+            .lock()
+            .refused
+            .entry((from, service, reason))
+            .or_default() += 1;
+    }
+
+    /// A client of `partition` was dropped for `reason`.
+    pub fn client_error(&self, partition: VmId, reason: &'static str) {
+        *self
+            .lock()
+            .client_errors
+            .entry((partition, reason))
+            .or_default() += 1;
+    }
+
+    /// The counters as JSON-ready rows, named from `world`.
+    pub fn stats(&self, world: &World) -> Stats {
+        let inner = self.lock();
+        let mut out: BTreeMap<(String, String), ConnectStats> = BTreeMap::new();
+        for (&(from, service), &n) in &inner.established {
+            stats_row(&mut out, world, from, service).established += n;
+        }
+        for (&(from, service, reason), &n) in &inner.refused {
+            *stats_row(&mut out, world, from, service)
+                .refused
+                .entry(reason.to_owned())
+                .or_default() += n;
+        }
+        let mut client_errors: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (&(partition, reason), &n) in &inner.client_errors {
+            *client_errors
+                .entry(world.partition_label(partition))
+                .or_default()
+                .entry(reason.to_owned())
+                .or_default() += n;
+        }
+        Stats {
+            connections: out.into_values().collect(),
+            listeners: listener_counts(world),
+            client_errors,
+        }
+    }
+
+    /// The counters in Prometheus text format, named from `world`.
+    pub fn render(&self, world: &World) -> String {
+        let inner = self.lock();
+        let mut out = String::new();
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let svc_labels = |service: ServiceKey| {
+            format!(
+                "service=\"{}\",service_id=\"{}\"",
+                esc(&service_label(world, service)),
+                service.map(|s| s.to_string()).unwrap_or_default()
+            )
+        };
+
+        header(
+            &mut out,
+            "hvsock_connections_total",
+            "counter",
+            "Connections established, by service and connecting partition.",
+        );
+        let mut lines: Vec<String> = inner
+            .established
+            .iter()
+            .map(|(&(from, service), n)| {
+                format!(
+                    "hvsock_connections_total{{{},partition=\"{}\"}} {n}\n",
+                    svc_labels(service),
+                    esc(&world.partition_label(from))
+                )
+            })
+            .collect();
+        lines.sort();
+        out.extend(lines);
+
+        header(
+            &mut out,
+            "hvsock_connections_refused_total",
+            "counter",
+            "Connects refused, by service, connecting partition and reason.",
+        );
+        let mut lines: Vec<String> = inner
+            .refused
+            .iter()
+            .map(|(&(from, service, reason), n)| {
+                format!(
+                    "hvsock_connections_refused_total{{{},partition=\"{}\",reason=\"{reason}\"}} {n}\n",
+                    svc_labels(service),
+                    esc(&world.partition_label(from))
+                )
+            })
+            .collect();
+        lines.sort();
+        out.extend(lines);
+
+        header(
+            &mut out,
+            "hvsock_connect_duration_seconds",
+            "histogram",
+            "Time from a connect request to the connection, by service.",
+        );
+        let mut lines = Vec::new();
+        for (&service, h) in &inner.latency {
+            let labels = svc_labels(service);
+            let mut text = String::new();
+            for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
+                let _ = writeln!(
+                    text,
+                    "hvsock_connect_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                text,
+                "hvsock_connect_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                text,
+                "hvsock_connect_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                text,
+                "hvsock_connect_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+            lines.push(text);
+        }
+        lines.sort();
+        out.extend(lines);
+
+        header(
+            &mut out,
+            "hvsock_listeners",
+            "gauge",
+            "Bound listeners, by service and partition.",
+        );
+        for count in listener_counts(world) {
+            let _ = writeln!(
+                out,
+                "hvsock_listeners{{service=\"{}\",partition=\"{}\"}} {}",
+                esc(&count.service),
+                esc(&count.partition),
+                count.listeners
+            );
+        }
+
+        header(
+            &mut out,
+            "hvsock_client_errors_total",
+            "counter",
+            "Clients dropped for breaking the protocol, by partition and reason.",
+        );
+        let mut lines: Vec<String> = inner
+            .client_errors
+            .iter()
+            .map(|(&(partition, reason), n)| {
+                format!(
+                    "hvsock_client_errors_total{{partition=\"{}\",reason=\"{reason}\"}} {n}\n",
+                    esc(&world.partition_label(partition))
+                )
+            })
+            .collect();
+        lines.sort();
+        out.extend(lines);
+
+        header(
+            &mut out,
+            "hvsock_services",
+            "gauge",
+            "Registered services, by state.",
+        );
+        let enabled = world.services().filter(|s| s.enabled).count();
+        let total = world.services().count();
+        let _ = writeln!(out, "hvsock_services{{state=\"enabled\"}} {enabled}");
+        let _ = writeln!(
+            out,
+            "hvsock_services{{state=\"disabled\"}} {}",
+            total - enabled
+        );
+        header(
+            &mut out,
+            "hvsock_partitions",
+            "gauge",
+            "Partitions, the root included.",
+        );
+        let _ = writeln!(out, "hvsock_partitions {}", world.partitions().count());
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn stats_row<'a>(
+    out: &'a mut BTreeMap<(String, String), ConnectStats>,
+    world: &World,
+    from: VmId,
+    service: ServiceKey,
+) -> &'a mut ConnectStats {
+    let partition = world.partition_label(from);
+    let name = service_label(world, service);
+    out.entry((partition.clone(), name.clone()))
+        .or_insert_with(|| ConnectStats {
+            partition,
+            service: name,
+            service_id: service,
+            established: 0,
+            refused: BTreeMap::new(),
+        })
+}
+
+fn service_label(world: &World, service: ServiceKey) -> String {
+    service
+        .and_then(|id| world.service(id).map(|s| s.name.clone()))
+        .unwrap_or_else(|| UNREGISTERED.to_owned())
+}
+
+fn listener_counts(world: &World) -> Vec<ListenerCount> {
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for listener in world.listeners() {
+        let service = service_label(world, world.service_key(listener.addr.service_id));
+        *counts
+            .entry((world.partition_label(listener.partition), service))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((partition, service), listeners)| ListenerCount {
+            partition,
+            service,
+            listeners,
+        })
+        .collect()
+}

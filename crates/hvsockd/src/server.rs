@@ -1,0 +1,280 @@
+//! Start-up, the shared context, and shutdown.
+//!
+//! [`Server::bind`] does everything that can fail for a reason the operator must fix (the
+//! directories, the lock that keeps a second hvsockd off the same directory, the registry, the
+//! sockets) before anything is served; [`Server::run`] serves until the shutdown future
+//! resolves, then removes its sockets. Established connections are kernel sockets that hvsockd
+//! never held, so they outlive it.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hvsock::VmId;
+use hvsock::dirs::Dirs;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{self, Endpoints};
+use crate::metrics::Metrics;
+use crate::registry::{PartitionKind, Registry, RegistryError};
+use crate::state::World;
+
+/// Mode of `host.sock`: the owner and its group (the `hvsock` group when packaged).
+pub const HOST_SOCKET_MODE: u32 = 0o660;
+/// Mode of a partition endpoint: open, because it is reached through a bind mount inside the
+/// sandbox; the `partitions/` directory (0700) keeps other host users from reaching it.
+pub const PARTITION_SOCKET_MODE: u32 = 0o666;
+/// Mode of `admin.sock`: the owner only.
+pub const ADMIN_SOCKET_MODE: u32 = 0o600;
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a new client may take to send its first frame.
+    pub handshake_timeout: Duration,
+    /// Most concurrent client sessions per partition.
+    pub max_sessions_per_partition: usize,
+    /// Most connects one control connection may have waiting for a listener's backlog.
+    pub max_outstanding_connects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions_per_partition: 1024,
+            max_outstanding_connects: 256,
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the registry and sockets live.
+    pub dirs: Dirs,
+    /// Per-client limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Defaults under `dirs`.
+    pub fn new(dirs: Dirs) -> Config {
+        Config {
+            dirs,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why hvsockd could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A directory could not be created.
+    #[error("creating directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The lock file could not be taken.
+    #[error("locking {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Another hvsockd serves the directory.
+    #[error(
+        "another hvsockd (pid {pid}) already serves {dir}: stop it first, or use another --dir"
+    )]
+    AlreadyRunning {
+        /// The directory.
+        dir: PathBuf,
+        /// Its pid, as written in the lock file.
+        pid: String,
+    },
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A socket could not be created.
+    #[error("creating the {what} socket: {source}")]
+    Socket {
+        /// Which socket.
+        what: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The admin API failed.
+    #[error("serving the admin API: {0}")]
+    Admin(#[source] io::Error),
+}
+
+/// What every task of hvsockd shares.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Where things live.
+    pub dirs: Dirs,
+    /// Per-client limits.
+    pub limits: Limits,
+    /// Cancelled to stop everything.
+    pub shutdown: CancellationToken,
+    /// Services, partitions and listeners.
+    world: Mutex<World>,
+    /// The SQLite registry; writes happen on blocking threads.
+    registry: Mutex<Registry>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Open endpoints.
+    pub endpoints: Endpoints,
+    /// When hvsockd started.
+    pub started: Instant,
+}
+
+impl Ctx {
+    /// The world, locked. Hold it briefly and never across an `.await`.
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registry, locked. Use from blocking threads.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A partition's name for logs.
+    pub fn label(&self, id: VmId) -> String {
+        self.world().partition_label(id)
+    }
+}
+
+/// A started hvsockd, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    ctx: Arc<Ctx>,
+    admin: tokio::net::UnixListener,
+    _lock: File,
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), ServeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| ServeError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn take_lock(dirs: &Dirs) -> Result<File, ServeError> {
+    let path = dirs.lock_file();
+    let lock_err = |source| ServeError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match rustix::fs::flock(
+        file.as_fd(),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(ServeError::AlreadyRunning {
+                dir: dirs.run.clone(),
+                pid: pid.trim().to_owned(),
+            });
+        }
+        Err(e) => return Err(lock_err(e.into())),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}
+
+impl Server {
+    /// Creates the directories, takes the lock, opens (or creates) the registry and creates
+    /// every socket. Must run inside a tokio runtime.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let dirs = config.dirs;
+        create_dir(&dirs.state, 0o755)?;
+        create_dir(&dirs.run, 0o755)?;
+        let lock = take_lock(&dirs)?;
+        create_dir(&dirs.partitions(), 0o700)?;
+        let _ = std::fs::set_permissions(dirs.partitions(), std::fs::Permissions::from_mode(0o700));
+        let registry = Registry::open(&dirs.registry())?;
+        let world = World::load(&registry)?;
+        let root = world.root();
+        let sandboxes: Vec<VmId> = world
+            .partitions()
+            .filter(|p| p.kind == PartitionKind::Sandbox)
+            .map(|p| p.id)
+            .collect();
+        let ctx = Arc::new(Ctx {
+            dirs: dirs.clone(),
+            limits: config.limits,
+            shutdown: CancellationToken::new(),
+            world: Mutex::new(world),
+            registry: Mutex::new(registry),
+            metrics: Metrics::default(),
+            endpoints: Endpoints::default(),
+            started: Instant::now(),
+        });
+        let socket_err = |what: String| move |source| ServeError::Socket { what, source };
+        endpoint::open(&ctx, root, &dirs.host_socket(), HOST_SOCKET_MODE)
+            .map_err(socket_err("host".into()))?;
+        for id in sandboxes {
+            endpoint::open(&ctx, id, &dirs.partition_socket(id), PARTITION_SOCKET_MODE)
+                .map_err(socket_err(format!("partition {id}")))?;
+        }
+        let admin = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
+            .map_err(socket_err("admin".into()))?;
+        tracing::info!(
+            dir = %dirs.run.display(), root = %root,
+            "hvsockd ready: endpoint {}, admin API {}",
+            dirs.host_socket().display(), dirs.admin_socket().display()
+        );
+        Ok(Server {
+            ctx,
+            admin,
+            _lock: lock,
+        })
+    }
+
+    /// The shared context (for in-process tests and tools).
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Serves until `shutdown` resolves, then removes the sockets.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let ctx = self.ctx.clone();
+        let admin = crate::admin::serve(ctx.clone(), self.admin);
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            r = admin => r.map_err(ServeError::Admin),
+        };
+        tracing::info!("hvsockd stopping");
+        ctx.shutdown.cancel();
+        endpoint::remove_all(&ctx);
+        let _ = std::fs::remove_file(ctx.dirs.admin_socket());
+        result
+    }
+}

@@ -1,0 +1,408 @@
+//! The in-memory world: the registry's services and partitions (mirrored, so that a connect
+//! never touches SQLite) and the bound listeners. It turns the router's pure decisions into
+//! answers with the names and reasons a person reads.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hvsock::{ServiceId, SockAddrHv, VmId};
+use hvsock_proto::ErrorCode;
+use tokio::io::unix::AsyncFd;
+
+use crate::listeners::Listener;
+use crate::registry::{PartitionKind, PartitionRecord, Registry, RegistryError, ServiceRecord};
+use crate::router::{self, BindRefusal, Refusal, ServiceState, Topology};
+
+/// Most listeners one partition may have bound at once.
+pub const MAX_LISTENERS_PER_PARTITION: usize = 4096;
+
+/// A refused request: the code the client maps to an `io::ErrorKind`, what to tell the
+/// person, and a short reason for the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+    /// A stable short reason (a metrics label).
+    pub reason: &'static str,
+}
+
+impl Refused {
+    /// A refusal.
+    pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Refused {
+        Refused {
+            code,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+/// Where a routed connect goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A listener known to hvsockd.
+    Listener(Arc<Listener>),
+    /// A VM, through its VMM's hybrid-vsock socket; its guest decides.
+    Vm {
+        /// The VM partition.
+        partition: VmId,
+        /// The VMM's socket.
+        hybrid_vsock: PathBuf,
+    },
+}
+
+/// A routed connect.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// Where it goes.
+    pub target: Target,
+    /// The connector's address: its partition and the service.
+    pub connector: SockAddrHv,
+    /// The listener's address: the destination partition and the service.
+    pub listener: SockAddrHv,
+    /// The service as counted ([`World::service_key`]).
+    pub service_key: Option<ServiceId>,
+}
+
+/// The registry mirror and the live listeners.
+#[derive(Debug)]
+pub struct World {
+    topo: Topology,
+    partitions: HashMap<VmId, PartitionRecord>,
+    services: HashMap<ServiceId, ServiceRecord>,
+    bindings: HashMap<(VmId, ServiceId), Vec<Arc<Listener>>>,
+    next_listener: u64,
+}
+
+impl World {
+    /// The world as the registry has it, with no listeners.
+    pub fn load(registry: &Registry) -> Result<World, RegistryError> {
+        let mut world = World {
+            topo: Topology::new(registry.root()),
+            partitions: HashMap::new(),
+            services: HashMap::new(),
+            bindings: HashMap::new(),
+            next_listener: 1,
+        };
+        for p in registry.partitions()? {
+            world.put_partition(p);
+        }
+        for s in registry.services()? {
+            world.put_service(s);
+        }
+        Ok(world)
+    }
+
+    /// The root partition.
+    pub fn root(&self) -> VmId {
+        self.topo.root()
+    }
+
+    /// The partition tree.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// A partition.
+    pub fn partition(&self, id: VmId) -> Option<&PartitionRecord> {
+        self.partitions.get(&id)
+    }
+
+    /// Every partition.
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionRecord> {
+        self.partitions.values()
+    }
+
+    /// A service.
+    pub fn service(&self, id: ServiceId) -> Option<&ServiceRecord> {
+        self.services.get(&id)
+    }
+
+    /// Every service.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.services.values()
+    }
+
+    /// A service by id or name.
+    pub fn find_service(&self, key: &str) -> Option<&ServiceRecord> {
+        match ServiceId::parse(key) {
+            Ok(id) => self.services.get(&id),
+            Err(_) => self.services.values().find(|s| s.name == key),
+        }
+    }
+
+    /// A partition by id or name.
+    pub fn find_partition(&self, key: &str) -> Option<&PartitionRecord> {
+        match VmId::parse(key) {
+            Ok(id) => self.partitions.get(&id),
+            Err(_) => self.partitions.values().find(|p| p.name == key),
+        }
+    }
+
+    /// The key a service is counted under: its id if registered.
+    pub fn service_key(&self, id: ServiceId) -> Option<ServiceId> {
+        self.services.contains_key(&id).then_some(id)
+    }
+
+    /// A partition's name for people: its name, or its id if it is gone.
+    pub fn partition_label(&self, id: VmId) -> String {
+        self.partitions
+            .get(&id)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    fn service_label(&self, id: ServiceId) -> String {
+        match self.services.get(&id) {
+            Some(s) => format!("{} ({id})", s.name),
+            None => id.to_string(),
+        }
+    }
+
+    /// Adds or replaces a partition.
+    pub fn put_partition(&mut self, p: PartitionRecord) {
+        if let Some(parent) = p.parent {
+            self.topo.insert(p.id, parent);
+        }
+        self.partitions.insert(p.id, p);
+    }
+
+    /// Removes a partition; returns its listeners, which the caller closes.
+    pub fn remove_partition(&mut self, id: VmId) -> Vec<Arc<Listener>> {
+        self.topo.remove(id);
+        self.partitions.remove(&id);
+        let keys: Vec<_> = self
+            .bindings
+            .keys()
+            .filter(|(p, _)| *p == id)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .flatten()
+            .collect()
+    }
+
+    /// Adds or replaces a service.
+    pub fn put_service(&mut self, s: ServiceRecord) {
+        self.services.insert(s.id, s);
+    }
+
+    /// Removes a service.
+    pub fn remove_service(&mut self, id: ServiceId) {
+        self.services.remove(&id);
+    }
+
+    /// Every bound listener.
+    pub fn listeners(&self) -> impl Iterator<Item = &Arc<Listener>> {
+        self.bindings.values().flatten()
+    }
+
+    /// Decides a connect from partition `from` to `target`.
+    pub fn route(&self, from: VmId, target: SockAddrHv) -> Result<Routed, Refused> {
+        let service = target.service_id;
+        let state = match self.services.get(&service) {
+            None => ServiceState::Unregistered,
+            Some(s) if s.enabled => ServiceState::Enabled,
+            Some(_) => ServiceState::Disabled,
+        };
+        let bound = |dest: VmId| -> Option<Vec<VmId>> {
+            match self.partitions.get(&dest).map(|p| p.kind) {
+                Some(PartitionKind::Vm) => None,
+                _ => Some(
+                    self.bindings
+                        .get(&(dest, service))
+                        .map(|ls| ls.iter().map(|l| l.addr.vm_id).collect())
+                        .unwrap_or_default(),
+                ),
+            }
+        };
+        // The router takes a slice; keep the patterns alive across the call.
+        let mut patterns: Option<Vec<VmId>> = None;
+        let decision = router::decide(&self.topo, from, target, state, |dest| {
+            patterns = bound(dest);
+            patterns.as_deref()
+        });
+        let route = decision.map_err(|refusal| self.refusal(from, target, refusal))?;
+        let connector = SockAddrHv::new(from, service);
+        let listener = SockAddrHv::new(route.dest, service);
+        let target = match route.listener {
+            Some(index) => Target::Listener(self.bindings[&(route.dest, service)][index].clone()),
+            None => {
+                let vm = &self.partitions[&route.dest];
+                match &vm.hybrid_vsock {
+                    Some(path) => Target::Vm {
+                        partition: vm.id,
+                        hybrid_vsock: path.clone(),
+                    },
+                    None => {
+                        return Err(Refused::new(
+                            ErrorCode::Refused,
+                            "no_attachment",
+                            format!("VM {} has no hybrid-vsock attachment", vm.name),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(Routed {
+            target,
+            connector,
+            listener,
+            service_key: self.service_key(service),
+        })
+    }
+
+    fn refusal(&self, from: VmId, target: SockAddrHv, refusal: Refusal) -> Refused {
+        let service = target.service_id;
+        let vm = target.vm_id;
+        match refusal {
+            Refusal::Unreachable => {
+                let message = if from == self.root() && (vm == VmId::PARENT || vm == VmId::ZERO) {
+                    format!(
+                        "{} reaches the parent partition, and the root partition has none",
+                        vm.keyword().unwrap_or("PARENT").to_uppercase()
+                    )
+                } else if let Some(word) = vm.keyword() {
+                    format!(
+                        "{} is not a partition one can connect to (use loopback, parent, zero or a child's id)",
+                        word.to_uppercase()
+                    )
+                } else {
+                    format!(
+                        "no partition {vm} is reachable from {}: only itself, its parent and its children are",
+                        self.partition_label(from)
+                    )
+                };
+                Refused::new(ErrorCode::Unreachable, "unreachable", message)
+            }
+            Refusal::NotRegistered => Refused::new(
+                ErrorCode::Denied,
+                "not_registered",
+                format!(
+                    "service {service} is not registered, and connections across partitions need a registered, enabled service: register it with `hvsock service add NAME --id {service}`"
+                ),
+            ),
+            Refusal::Disabled => {
+                let name = self
+                    .services
+                    .get(&service)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                Refused::new(
+                    ErrorCode::Denied,
+                    "disabled",
+                    format!(
+                        "service {name} ({service}) is disabled: enable it with `hvsock service enable {name}`"
+                    ),
+                )
+            }
+            Refusal::NothingListens => {
+                let dest = router::destination(&self.topo, from, vm).unwrap_or(from);
+                Refused::new(
+                    ErrorCode::Refused,
+                    "nothing_listens",
+                    format!(
+                        "nothing in partition {} listens on service {} for connections from {}",
+                        self.partition_label(dest),
+                        self.service_label(service),
+                        self.partition_label(from)
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Binds `addr` in `partition` for the session `sock`.
+    pub fn bind(
+        &mut self,
+        partition: VmId,
+        addr: SockAddrHv,
+        backlog: u32,
+        pid: Option<u32>,
+        sock: Arc<AsyncFd<OwnedFd>>,
+    ) -> Result<Arc<Listener>, Refused> {
+        router::check_bind(&self.topo, partition, addr.vm_id).map_err(|refusal| match refusal {
+            BindRefusal::Broadcast => Refused::new(
+                ErrorCode::AddrNotAvailable,
+                "broadcast",
+                "BROADCAST cannot be bound: bind wildcard, children, loopback, parent or a partition's id",
+            ),
+            BindRefusal::ParentInRoot => Refused::new(
+                ErrorCode::Unsupported,
+                "parent_in_root",
+                "binding PARENT is not supported in the root partition, which has no parent",
+            ),
+            BindRefusal::Silohost => Refused::new(
+                ErrorCode::Unsupported,
+                "silohost",
+                "binding SILOHOST is not supported: hvsock has no silos; a sandbox reaches its host through PARENT",
+            ),
+        })?;
+        let in_partition: usize = self
+            .bindings
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(_, ls)| ls.len())
+            .sum();
+        if in_partition >= MAX_LISTENERS_PER_PARTITION {
+            return Err(Refused::new(
+                ErrorCode::Busy,
+                "too_many_listeners",
+                format!(
+                    "partition {} already has {MAX_LISTENERS_PER_PARTITION} listeners",
+                    self.partition_label(partition)
+                ),
+            ));
+        }
+        let taken = self
+            .bindings
+            .get(&(partition, addr.service_id))
+            .is_some_and(|bound| bound.iter().any(|l| l.addr.vm_id == addr.vm_id));
+        if taken {
+            let vm = addr
+                .vm_id
+                .keyword()
+                .map(str::to_owned)
+                .unwrap_or_else(|| addr.vm_id.to_string());
+            return Err(Refused::new(
+                ErrorCode::AddrInUse,
+                "addr_in_use",
+                format!(
+                    "{vm}:{} is already bound in partition {}",
+                    addr.service_id,
+                    self.partition_label(partition)
+                ),
+            ));
+        }
+        let listener = Arc::new(Listener::new(
+            self.next_listener,
+            partition,
+            addr,
+            backlog,
+            pid,
+            sock,
+        ));
+        self.next_listener += 1;
+        self.bindings
+            .entry((partition, addr.service_id))
+            .or_default()
+            .push(listener.clone());
+        Ok(listener)
+    }
+
+    /// Removes a listener's binding.
+    pub fn unbind(&mut self, listener: &Listener) {
+        let key = (listener.partition, listener.addr.service_id);
+        if let Some(bound) = self.bindings.get_mut(&key) {
+            bound.retain(|l| l.id != listener.id);
+            if bound.is_empty() {
+                self.bindings.remove(&key);
+            }
+        }
+    }
+}
