@@ -391,16 +391,4 @@ impl Listener {
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.sock.as_fd()
     }
-
-    pub(crate) fn into_parts(self) -> (OwnedFd, SockAddrHv) {
-        (self.sock, self.local)
-    }
-
-    pub(crate) fn from_parts(sock: OwnedFd, local: SockAddrHv) -> Listener {
-        Listener {
-            sock,
-            local,
-            unacked: AtomicU32::new(0),
-        }
-    }
 }
