@@ -496,3 +496,32 @@ fn streams_are_real_sockets_for_poll_and_timeouts() {
         ErrorKind::WouldBlock
     );
 }
+
+#[test]
+fn hvsockd_keeps_no_data_path_descriptor() {
+    let d = Daemon::start();
+    let svc = d.add_service("fds", 9700);
+    let vm = d.add_partition("sandbox", None);
+    let l = HvListener::bind_with(&d.host(), SockAddrHv::new(VmId::WILDCARD, svc), 64).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    // One connection first, so this process's control connection exists.
+    let first = connect(&d.partition(vm), VmId::PARENT, svc).unwrap();
+    let _first_accepted = l.accept().unwrap();
+    let before = fds();
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let c = connect(&d.partition(vm), VmId::PARENT, svc).unwrap();
+        let (a, _) = l.accept().unwrap();
+        held.push((c, a));
+    }
+    assert_eq!(
+        fds(),
+        before,
+        "hvsockd holds descriptors of established connections"
+    );
+    drop((first, held));
+}
