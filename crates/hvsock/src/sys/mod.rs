@@ -39,6 +39,10 @@ pub(crate) fn connect(
 }
 
 /// A listener of any transport.
+///
+/// The async listener (`crate::tokio`) wraps this enum in an `AsyncFd`: every variant's
+/// descriptor must become readable when a connection waits, and `accept` on a non-blocking
+/// listener must return `WouldBlock` when none does.
 #[derive(Debug)]
 pub(crate) enum Listener {
     #[cfg(unix)]
@@ -88,6 +92,15 @@ impl Listener {
         }
     }
 
+    /// Sends what the transport still owes the other side for earlier accepts (hvsockd's
+    /// `Ack`s that would have blocked); never waits.
+    pub(crate) fn flush(&self) {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => l.flush_acks(),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> io::Result<Listener> {
         match self {
             #[cfg(unix)]
@@ -102,5 +115,12 @@ impl std::os::fd::AsFd for Listener {
         match self {
             Listener::Provider(l) => l.fd(),
         }
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(self).as_raw_fd()
     }
 }
