@@ -94,6 +94,7 @@ impl Listener {
 
     /// Sends what the transport still owes the other side for earlier accepts (hvsockd's
     /// `Ack`s that would have blocked); never waits.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
     pub(crate) fn flush(&self) {
         match self {
             #[cfg(unix)]

@@ -289,6 +289,7 @@ pub(crate) fn bind_request(addr: SockAddrHv, backlog: u32) -> Frame {
 
 /// What a frame read on a connector session means to the connect waiting for `req`.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
 pub(crate) enum Answer {
     /// The answer to `req` (`Connected` or `Error`): pass it to [`established`].
     Mine(Received),
@@ -300,6 +301,7 @@ pub(crate) enum Answer {
 }
 
 /// Sorts a frame read on a connector session (see [`Answer`]).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
 pub(crate) fn answer_to(req: u32, received: Received) -> Answer {
     match &received.frame {
         Frame::Connected { req: r, .. } | Frame::Error { req: r, .. } if *r == req => {
@@ -413,6 +415,7 @@ impl Listener {
 
     /// Sends the acknowledgements that could not be sent before, if any, without waiting;
     /// those that still would block stay for the next `ack`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
     pub(crate) fn flush_acks(&self) {
         let count = self.unacked.swap(0, Ordering::AcqRel);
         if count > 0 && send_frame(&self.sock, &Frame::Ack { count }, None, true).is_err() {
