@@ -238,7 +238,7 @@ async fn dropped_accept_futures_lose_no_connection() {
         }
         streams
     });
-    let mut seen = vec![false; N];
+    let mut seen = [false; N];
     let mut dropped = 0u32;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut accepted = 0;
