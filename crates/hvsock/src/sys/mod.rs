@@ -40,9 +40,10 @@ pub(crate) fn connect(
 
 /// A listener of any transport.
 ///
-/// The async listener (`crate::tokio`) wraps this enum in an `AsyncFd`: every variant's
-/// descriptor must become readable when a connection waits, and `accept` on a non-blocking
-/// listener must return `WouldBlock` when none does.
+/// The async listener (`crate::tokio`) wraps this enum in an `AsyncFd`: every variant must own
+/// exactly one descriptor for its whole life (the one `as_fd` returns), that descriptor must
+/// become readable when a connection waits, and `accept` on a non-blocking listener must
+/// return `WouldBlock` when none does.
 #[derive(Debug)]
 pub(crate) enum Listener {
     #[cfg(unix)]

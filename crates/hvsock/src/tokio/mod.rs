@@ -65,6 +65,11 @@
 //! (a restart) is replaced on first use. The price: a burst of N concurrent connects opens up
 //! to N sessions, where the std mux uses one.
 //!
+//! Measured (release build, 2-vCPU VM under load, sequential connect + accept + one-byte round
+//! trip, ratios within one run): the pooled async connect runs at about 0.7× the std mux's
+//! rate (8–11k/s against 11–16k/s), a new control connection per connect at about 0.45×; the
+//! rest of the gap is the reactor's registration and wake-up per connect.
+//!
 //! **Cancellation.** Dropping a `connect` future closes its control connection (it never goes
 //! back to the pool with a request in flight). If hvsockd had already made the connection, the
 //! listener accepts a stream that reads EOF at once, as after a std connect that timed out.
