@@ -6,6 +6,8 @@
 //! # Modules
 //!
 //! - [`server`]: start-up ([`Server::bind`]), the shared context, shutdown;
+//! - [`config`]: the TOML configuration file (`--config`), and the services and partitions
+//!   it ensures at start;
 //! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
 //!   accept loops; a client's partition is the endpoint it came through;
 //! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames;
@@ -19,6 +21,7 @@
 //! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`.
 
 pub mod admin;
+pub mod config;
 pub mod endpoint;
 pub mod listeners;
 pub mod metrics;

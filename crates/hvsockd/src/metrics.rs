@@ -33,6 +33,20 @@ struct Histogram {
 }
 
 impl Histogram {
+    /// The upper bound of the bucket holding quantile `q`, in seconds (`None` if beyond the
+    /// last finite bucket or empty).
+    fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        LATENCY_BUCKETS
+            .iter()
+            .zip(self.buckets.iter())
+            .find(|&(_, &n)| n >= rank)
+            .map(|(&le, _)| le)
+    }
+
     fn observe(&mut self, secs: f64) {
         for (bucket, &le) in self.buckets.iter_mut().zip(LATENCY_BUCKETS.iter()) {
             if secs <= le {
@@ -48,7 +62,8 @@ impl Histogram {
 struct Inner {
     established: HashMap<(VmId, ServiceKey), u64>,
     refused: HashMap<(VmId, ServiceKey, &'static str), u64>,
-    latency: HashMap<ServiceKey, Histogram>,
+    latency: HashMap<(VmId, ServiceKey), Histogram>,
+    binds_refused: HashMap<(VmId, ServiceKey, &'static str), u64>,
     client_errors: HashMap<(VmId, &'static str), u64>,
 }
 
@@ -59,7 +74,7 @@ pub struct Metrics {
 }
 
 /// Counts of one (partition, service) pair, for `/v1/stats`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ConnectStats {
     /// The connecting partition's name (or id if it is gone).
     pub partition: String,
@@ -71,6 +86,23 @@ pub struct ConnectStats {
     pub established: u64,
     /// Refusals, by reason.
     pub refused: BTreeMap<String, u64>,
+    /// Mean time from connect request to connection, in milliseconds (`None` before the
+    /// first connection).
+    pub latency_avg_ms: Option<f64>,
+    /// The upper bound of the latency bucket that holds the 99th percentile, in
+    /// milliseconds (`None` before the first connection; infinite values are `None` too).
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// Binds refused for one (partition, service), by reason.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BindRefusals {
+    /// The binding partition's name.
+    pub partition: String,
+    /// The service's friendly name, or `(unregistered)`.
+    pub service: String,
+    /// Refusals, by reason.
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// The JSON form of the counters.
@@ -80,6 +112,8 @@ pub struct Stats {
     pub connections: Vec<ConnectStats>,
     /// Bound listeners per (partition, service name).
     pub listeners: Vec<ListenerCount>,
+    /// Binds refused per (partition, service), by reason.
+    pub binds_refused: Vec<BindRefusals>,
     /// Clients dropped for breaking the protocol, by partition and reason.
     pub client_errors: BTreeMap<String, BTreeMap<String, u64>>,
 }
@@ -108,9 +142,18 @@ impl Metrics {
         *inner.established.entry((from, service)).or_default() += 1;
         inner
             .latency
-            .entry(service)
+            .entry((from, service))
             .or_default()
             .observe(latency.as_secs_f64());
+    }
+
+    /// A bind in `partition` for `service` was refused for `reason`.
+    pub fn bind_refused(&self, partition: VmId, service: ServiceKey, reason: &'static str) {
+        *self
+            .lock()
+            .binds_refused
+            .entry((partition, service, reason))
+            .or_default() += 1;
     }
 
     /// A connect from `from` to `service` was refused for `reason`.
@@ -144,6 +187,37 @@ impl Metrics {
                 .entry(reason.to_owned())
                 .or_default() += n;
         }
+        // Rows are keyed by names: merge the histograms of keys that share them (a partition
+        // gone, unregistered services) before summarising.
+        let mut merged: BTreeMap<(String, String), Histogram> = BTreeMap::new();
+        for (&(from, service), h) in &inner.latency {
+            let key = (world.partition_label(from), service_label(world, service));
+            let m = merged.entry(key).or_default();
+            for (a, b) in m.buckets.iter_mut().zip(h.buckets.iter()) {
+                *a += b;
+            }
+            m.count += h.count;
+            m.sum += h.sum;
+        }
+        for (key, h) in merged {
+            if let Some(row) = out.get_mut(&key) {
+                if h.count > 0 {
+                    row.latency_avg_ms = Some(h.sum / h.count as f64 * 1000.0);
+                }
+                row.latency_p99_ms = h.quantile_bound(0.99).map(|s| s * 1000.0);
+            }
+        }
+        let mut binds: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+        for (&(partition, service, reason), &n) in &inner.binds_refused {
+            *binds
+                .entry((
+                    world.partition_label(partition),
+                    service_label(world, service),
+                ))
+                .or_default()
+                .entry(reason.to_owned())
+                .or_default() += n;
+        }
         let mut client_errors: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (&(partition, reason), &n) in &inner.client_errors {
             *client_errors
@@ -155,6 +229,14 @@ impl Metrics {
         Stats {
             connections: out.into_values().collect(),
             listeners: listener_counts(world),
+            binds_refused: binds
+                .into_iter()
+                .map(|((partition, service), refused)| BindRefusals {
+                    partition,
+                    service,
+                    refused,
+                })
+                .collect(),
             client_errors,
         }
     }
@@ -220,11 +302,15 @@ impl Metrics {
             &mut out,
             "hvsock_connect_duration_seconds",
             "histogram",
-            "Time from a connect request to the connection, by service.",
+            "Time from a connect request to the connection, by service and connecting partition.",
         );
         let mut lines = Vec::new();
-        for (&service, h) in &inner.latency {
-            let labels = svc_labels(service);
+        for (&(from, service), h) in &inner.latency {
+            let labels = format!(
+                "{},partition=\"{}\"",
+                svc_labels(service),
+                esc(&world.partition_label(from))
+            );
             let mut text = String::new();
             for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
                 let _ = writeln!(
@@ -267,6 +353,26 @@ impl Metrics {
                 count.listeners
             );
         }
+
+        header(
+            &mut out,
+            "hvsock_binds_refused_total",
+            "counter",
+            "Binds refused, by service, binding partition and reason.",
+        );
+        let mut lines: Vec<String> = inner
+            .binds_refused
+            .iter()
+            .map(|(&(partition, service, reason), n)| {
+                format!(
+                    "hvsock_binds_refused_total{{{},partition=\"{}\",reason=\"{reason}\"}} {n}\n",
+                    svc_labels(service),
+                    esc(&world.partition_label(partition))
+                )
+            })
+            .collect();
+        lines.sort();
+        out.extend(lines);
 
         header(
             &mut out,
@@ -332,6 +438,8 @@ fn stats_row<'a>(
             service_id: service,
             established: 0,
             refused: BTreeMap::new(),
+            latency_avg_ms: None,
+            latency_p99_ms: None,
         })
 }
 

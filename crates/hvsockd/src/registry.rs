@@ -5,13 +5,31 @@
 //! hvsockd rather than damage it. Every change is one transaction. The root partition (the host)
 //! is a row like any other, with kind `root`, no parent, a random id made at creation, and the
 //! name `host`.
+//!
+//! A service's policy lives in the `policy` column as JSON (partitions by id): `{}` means the
+//! service has no policy of its own and the default one (from hvsockd's configuration)
+//! applies. Removing a partition removes it from every policy in the same transaction; a list
+//! it leaves empty allows no partition, so a removal never widens a policy.
+//!
+//! [`Registry::export`] and [`Registry::import`] move a registry between hosts as an
+//! [`Export`] document (see [`Registry::import`] for the merge and replace rules and what
+//! happens to the root's id).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hvsock::{Guid, ServiceId, VmId};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
+
+use crate::router::Policy;
+
+mod transfer;
+
+pub use transfer::{
+    Counts, EXPORT_VERSION, Export, ExportedPartition, ExportedService, ImportMode, ImportReport,
+};
 
 /// The schema version this hvsockd writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -108,6 +126,23 @@ pub enum RegistryError {
     /// The root partition cannot be changed that way.
     #[error("the root partition (host) cannot be removed")]
     Root,
+    /// The root partition's name is fixed.
+    #[error("the root partition is always named {ROOT_NAME:?} and cannot be renamed")]
+    RootName,
+    /// A policy names a partition that does not exist.
+    #[error("the policy of service {service:?} names partition {id}, which is not in the registry")]
+    UnknownPolicyPartition {
+        /// The service.
+        service: String,
+        /// The partition id.
+        id: VmId,
+    },
+    /// An import document is not a registry.
+    #[error("the registry document is invalid: {0}")]
+    InvalidImport(String),
+    /// An import clashes with entries already there; nothing was changed.
+    #[error("the import clashes with the registry ({} conflict{}), nothing was changed: {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("; "))]
+    Conflicts(Vec<String>),
     /// A query failed.
     #[error("{doing}: {source}")]
     Sqlite {
@@ -134,6 +169,8 @@ pub struct ServiceRecord {
     pub name: String,
     /// Whether connections may cross partitions to it.
     pub enabled: bool,
+    /// Its own policy; `None`: the default policy applies.
+    pub policy: Option<Policy>,
     /// When it was registered, seconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -151,7 +188,8 @@ pub enum PartitionKind {
 }
 
 impl PartitionKind {
-    fn as_str(self) -> &'static str {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
         match self {
             PartitionKind::Root => "root",
             PartitionKind::Sandbox => "sandbox",
@@ -211,6 +249,31 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The `policy` column of a service with no policy of its own.
+const NO_POLICY: &str = "{}";
+
+fn policy_to_column(policy: Option<&Policy>) -> String {
+    match policy {
+        // Every key is written, so that an own policy never reads back as `{}`.
+        Some(p) => serde_json::to_string(p).unwrap_or_else(|_| NO_POLICY.to_owned()),
+        None => NO_POLICY.to_owned(),
+    }
+}
+
+fn policy_from_column(text: &str) -> Result<Option<Policy>> {
+    let corrupt = || RegistryError::Corrupt {
+        what: "service policy",
+        value: text.to_owned(),
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt())?;
+    if value.as_object().is_some_and(serde_json::Map::is_empty) {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|_| corrupt())
 }
 
 fn parse_guid(what: &'static str, s: &str) -> Result<Guid> {
@@ -285,7 +348,9 @@ impl Registry {
     pub fn services(&self) -> Result<Vec<ServiceRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, name, enabled, created_at FROM services ORDER BY name")
+            .prepare_cached(
+                "SELECT id, name, enabled, policy, created_at FROM services ORDER BY name",
+            )
             .map_err(sql("listing services"))?;
         let rows = stmt
             .query_map([], |row| {
@@ -293,21 +358,28 @@ impl Registry {
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, bool>(2)?,
-                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
                 ))
             })
             .map_err(sql("listing services"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, name, enabled, created_at) = row.map_err(sql("reading a service"))?;
+            let (id, name, enabled, policy, created_at) = row.map_err(sql("reading a service"))?;
             out.push(ServiceRecord {
                 id: ServiceId(parse_guid("service id", &id)?),
                 name,
                 enabled,
+                policy: policy_from_column(&policy)?,
                 created_at,
             });
         }
         Ok(out)
+    }
+
+    /// One service by id.
+    pub fn service(&self, id: ServiceId) -> Result<Option<ServiceRecord>> {
+        Ok(self.services()?.into_iter().find(|s| s.id == id))
     }
 
     /// Every partition, the root first, then by name.
@@ -361,21 +433,22 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        let by_id: Option<(String, bool, i64)> = tx
+        let by_id: Option<(String, bool, String, i64)> = tx
             .query_row(
-                "SELECT name, enabled, created_at FROM services WHERE id = ?1",
+                "SELECT name, enabled, policy, created_at FROM services WHERE id = ?1",
                 [id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()
             .map_err(sql("looking up a service"))?;
-        if let Some((existing, was_enabled, created_at)) = by_id {
+        if let Some((existing, was_enabled, policy, created_at)) = by_id {
             if existing == name {
                 return Ok((
                     ServiceRecord {
                         id,
                         name: existing,
                         enabled: was_enabled,
+                        policy: policy_from_column(&policy)?,
                         created_at,
                     },
                     Added::Existing,
@@ -412,10 +485,84 @@ impl Registry {
                 id,
                 name: name.to_owned(),
                 enabled,
+                policy: None,
                 created_at,
             },
             Added::Created,
         ))
+    }
+
+    /// Renames a service. Renaming to its own name changes nothing; a name held by another
+    /// service is an error.
+    pub fn rename_service(&mut self, id: ServiceId, name: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql("starting a transaction"))?;
+        let other: Option<String> = tx
+            .query_row(
+                "SELECT id FROM services WHERE name = ?1 AND id != ?2",
+                params![name, id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("looking up a service"))?;
+        if let Some(other) = other {
+            return Err(RegistryError::NameTaken {
+                what: "service",
+                name: name.to_owned(),
+                id: parse_guid("service id", &other)?,
+            });
+        }
+        let changed = tx
+            .execute(
+                "UPDATE services SET name = ?2 WHERE id = ?1",
+                params![id.to_string(), name],
+            )
+            .map_err(sql("renaming a service"))?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound {
+                what: "service",
+                key: id.to_string(),
+            });
+        }
+        tx.commit().map_err(sql("committing a rename"))
+    }
+
+    /// Sets (or with `None` clears) a service's own policy. Every partition it names must exist.
+    pub fn set_service_policy(&mut self, id: ServiceId, policy: Option<&Policy>) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql("starting a transaction"))?;
+        let name: Option<String> = tx
+            .query_row(
+                "SELECT name FROM services WHERE id = ?1",
+                [id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("looking up a service"))?;
+        let Some(name) = name else {
+            return Err(RegistryError::NotFound {
+                what: "service",
+                key: id.to_string(),
+            });
+        };
+        for partition in policy.iter().flat_map(|p| p.partitions()) {
+            if !partition_exists(&tx, partition)? {
+                return Err(RegistryError::UnknownPolicyPartition {
+                    service: name,
+                    id: partition,
+                });
+            }
+        }
+        tx.execute(
+            "UPDATE services SET policy = ?2 WHERE id = ?1",
+            params![id.to_string(), policy_to_column(policy)],
+        )
+        .map_err(sql("setting a service policy"))?;
+        tx.commit().map_err(sql("committing a policy"))
     }
 
     /// Enables or disables a service.
@@ -598,9 +745,83 @@ impl Registry {
         }
         tx.execute("DELETE FROM partitions WHERE id = ?1", [id.to_string()])
             .map_err(sql("removing a partition"))?;
+        prune_policies(&tx, id)?;
         tx.commit().map_err(sql("committing a partition removal"))?;
         Ok(())
     }
+
+    /// Renames a partition (not the root, whose name is fixed).
+    pub fn rename_partition(&mut self, id: VmId, name: &str) -> Result<()> {
+        if id == self.root {
+            return Err(RegistryError::RootName);
+        }
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql("starting a transaction"))?;
+        let other: Option<String> = tx
+            .query_row(
+                "SELECT id FROM partitions WHERE name = ?1 AND id != ?2",
+                params![name, id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql("looking up a partition"))?;
+        if let Some(other) = other {
+            return Err(RegistryError::NameTaken {
+                what: "partition",
+                name: name.to_owned(),
+                id: parse_guid("partition id", &other)?,
+            });
+        }
+        let changed = tx
+            .execute(
+                "UPDATE partitions SET name = ?2 WHERE id = ?1",
+                params![id.to_string(), name],
+            )
+            .map_err(sql("renaming a partition"))?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound {
+                what: "partition",
+                key: id.to_string(),
+            });
+        }
+        tx.commit().map_err(sql("committing a rename"))
+    }
+}
+
+fn partition_exists(tx: &Transaction<'_>, id: VmId) -> Result<bool> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM partitions WHERE id = ?1)",
+        [id.to_string()],
+        |row| row.get(0),
+    )
+    .map_err(sql("looking up a partition"))
+}
+
+/// Removes partition `id` from every service policy.
+fn prune_policies(tx: &Transaction<'_>, id: VmId) -> Result<()> {
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT id, policy FROM services WHERE policy != '{}'")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sql("reading service policies"))?;
+    for (service, text) in rows {
+        let Some(policy) = policy_from_column(&text)? else {
+            continue;
+        };
+        let pruned = policy.without(id);
+        if pruned != policy {
+            tx.execute(
+                "UPDATE services SET policy = ?2 WHERE id = ?1",
+                params![service, policy_to_column(Some(&pruned))],
+            )
+            .map_err(sql("updating a service policy"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

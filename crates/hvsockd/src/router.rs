@@ -18,10 +18,27 @@
 //! a child of P, or P's parent); CHILDREN and C is a child of P; LOOPBACK and C is P; PARENT
 //! and C is P's parent; an id X and C is X. The most specific accepting pattern wins: an exact
 //! id, then LOOPBACK/PARENT, then CHILDREN, then ZERO.
+//!
+//! # Service policy
+//!
+//! A registered service may carry a [`Policy`] (Hyper-V keeps one per VM and service); it
+//! applies only to connections that cross a partition boundary, never to loopback:
+//!
+//! | rule | refuses |
+//! | --- | --- |
+//! | `connect: [ids]` | a crossing connect from a partition not in the list |
+//! | `bind: [ids]` | a bind in a partition not in the list (but LOOPBACK, which no other partition reaches) |
+//! | `wildcard_bind: false` | a ZERO / WILDCARD bind |
+//!
+//! An absent list allows every partition; an empty list allows none. [`decide_with_policy`]
+//! checks the connect rule after the service's state and the bind rules against the listeners
+//! that would take the connection, so a policy changed after a listener was bound applies to
+//! the next connect; [`check_bind_policy`] refuses a bind at once.
 
 use std::collections::HashMap;
 
 use hvsock::{SockAddrHv, VmId};
+use serde::{Deserialize, Serialize};
 
 /// The partition tree: the root and every other partition's parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +162,123 @@ pub fn check_bind(topo: &Topology, partition: VmId, pattern: VmId) -> Result<(),
     }
 }
 
+/// A service's access policy: who may connect to it and who may serve it across partition
+/// boundaries. The default allows everything, as an unconfigured Hyper-V service does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Partitions that may connect to the service from another partition; `None`: any.
+    #[serde(default)]
+    pub connect: Option<Vec<VmId>>,
+    /// Partitions that may bind the service for connections from other partitions; `None`:
+    /// any.
+    #[serde(default)]
+    pub bind: Option<Vec<VmId>>,
+    /// Whether the service may be bound with the wildcard (ZERO) pattern.
+    #[serde(default = "yes")]
+    pub wildcard_bind: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            connect: None,
+            bind: None,
+            wildcard_bind: true,
+        }
+    }
+}
+
+impl Policy {
+    /// Whether the policy allows everything (the default).
+    pub fn allows_all(&self) -> bool {
+        *self == Policy::default()
+    }
+
+    /// Every partition the policy names.
+    pub fn partitions(&self) -> impl Iterator<Item = VmId> + '_ {
+        self.connect
+            .iter()
+            .flatten()
+            .chain(self.bind.iter().flatten())
+            .copied()
+    }
+
+    /// The policy without `id` in its lists (a list that loses its last entry stays, empty,
+    /// and so allows no partition: removing a partition never widens a policy).
+    pub fn without(&self, id: VmId) -> Policy {
+        let strip = |list: &Option<Vec<VmId>>| {
+            list.as_ref()
+                .map(|l| l.iter().copied().filter(|&p| p != id).collect())
+        };
+        Policy {
+            connect: strip(&self.connect),
+            bind: strip(&self.bind),
+            wildcard_bind: self.wildcard_bind,
+        }
+    }
+
+    /// The policy with `from` read as `to` in its lists.
+    pub fn mapped(&self, from: VmId, to: VmId) -> Policy {
+        let map = |list: &Option<Vec<VmId>>| {
+            list.as_ref()
+                .map(|l| l.iter().map(|&p| if p == from { to } else { p }).collect())
+        };
+        Policy {
+            connect: map(&self.connect),
+            bind: map(&self.bind),
+            wildcard_bind: self.wildcard_bind,
+        }
+    }
+}
+
+/// Which rule of a [`Policy`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRule {
+    /// `connect`: the connector's partition is not in the list.
+    Connect,
+    /// `bind`: the listener's partition is not in the list.
+    Bind,
+    /// `wildcard_bind: false`: the listener is bound to ZERO.
+    WildcardBind,
+}
+
+fn listed(list: &Option<Vec<VmId>>, id: VmId) -> bool {
+    list.as_ref().is_none_or(|l| l.contains(&id))
+}
+
+/// Whether the policy lets `from` connect to the service across a partition boundary.
+pub fn check_connect_policy(policy: &Policy, from: VmId) -> Result<(), PolicyRule> {
+    if listed(&policy.connect, from) {
+        Ok(())
+    } else {
+        Err(PolicyRule::Connect)
+    }
+}
+
+/// Whether the policy lets a listener in `partition` bind the service to `pattern`. LOOPBACK,
+/// which only `partition` itself reaches, is always allowed.
+pub fn check_bind_policy(
+    policy: &Policy,
+    partition: VmId,
+    pattern: VmId,
+) -> Result<(), PolicyRule> {
+    if pattern == VmId::LOOPBACK {
+        return Ok(());
+    }
+    if !listed(&policy.bind, partition) {
+        return Err(PolicyRule::Bind);
+    }
+    if pattern == VmId::ZERO && !policy.wildcard_bind {
+        return Err(PolicyRule::WildcardBind);
+    }
+    Ok(())
+}
+
 /// What the router knows of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceState {
@@ -167,6 +301,9 @@ pub enum Refusal {
     Disabled,
     /// No listener in the destination accepts this connector.
     NothingListens,
+    /// The service's policy refuses the connection across a partition boundary: the
+    /// connector may not connect, or every listener that would take it may not serve it.
+    Policy(PolicyRule),
 }
 
 /// Where a connect goes: the destination partition, and the index of the listener (in the
@@ -180,11 +317,8 @@ pub struct Route {
     pub listener: Option<usize>,
 }
 
-/// Decides a connect from `from` to `target`.
-///
-/// `service` says what the registry knows of `target.service_id`; `bindings` gives, for a
-/// destination partition, the patterns bound for the service there, or `None` when the
-/// destination's listeners are not known here (a VM whose guest decides).
+/// Decides a connect from `from` to `target` for a service with the default policy (see
+/// [`decide_with_policy`]).
 pub fn decide<'a>(
     topo: &Topology,
     from: VmId,
@@ -192,13 +326,38 @@ pub fn decide<'a>(
     service: ServiceState,
     bindings: impl FnOnce(VmId) -> Option<&'a [VmId]>,
 ) -> Result<Route, Refusal> {
+    decide_with_policy(topo, from, target, service, &Policy::default(), bindings)
+}
+
+/// Decides a connect from `from` to `target`.
+///
+/// `service` says what the registry knows of `target.service_id` and `policy` is its policy
+/// (the default for unregistered services); `bindings` gives, for a destination partition, the
+/// patterns bound for the service there, or `None` when the destination's listeners are not
+/// known here (a VM whose guest decides).
+///
+/// In order: the destination must be reachable; a crossing needs the service registered and
+/// enabled, and the connector allowed by the policy's `connect` rule; then the most specific
+/// accepting listener that the policy's bind rules allow takes it (for a crossing). When
+/// listeners accept but the policy allows none of them, the refusal names the rule that
+/// refused the most specific one.
+pub fn decide_with_policy<'a>(
+    topo: &Topology,
+    from: VmId,
+    target: SockAddrHv,
+    service: ServiceState,
+    policy: &Policy,
+    bindings: impl FnOnce(VmId) -> Option<&'a [VmId]>,
+) -> Result<Route, Refusal> {
     let dest = destination(topo, from, target.vm_id).ok_or(Refusal::Unreachable)?;
-    if dest != from {
+    let crossing = dest != from;
+    if crossing {
         match service {
             ServiceState::Enabled => {}
             ServiceState::Unregistered => return Err(Refusal::NotRegistered),
             ServiceState::Disabled => return Err(Refusal::Disabled),
         }
+        check_connect_policy(policy, from).map_err(Refusal::Policy)?;
     }
     let Some(patterns) = bindings(dest) else {
         return Ok(Route {
@@ -206,16 +365,34 @@ pub fn decide<'a>(
             listener: None,
         });
     };
-    patterns
+    let mut accepting: Vec<(usize, VmId)> = patterns
         .iter()
+        .copied()
         .enumerate()
-        .filter(|&(_, &pattern)| accepts(topo, dest, pattern, from))
-        .max_by_key(|&(_, &pattern)| specificity(pattern))
-        .map(|(index, _)| Route {
-            dest,
-            listener: Some(index),
-        })
-        .ok_or(Refusal::NothingListens)
+        .filter(|&(_, pattern)| accepts(topo, dest, pattern, from))
+        .collect();
+    // Most specific first; among equals, the first bound.
+    accepting.sort_by_key(|&(index, pattern)| (std::cmp::Reverse(specificity(pattern)), index));
+    let mut refused_by = None;
+    for (index, pattern) in accepting {
+        let allowed = if crossing {
+            check_bind_policy(policy, dest, pattern)
+        } else {
+            Ok(())
+        };
+        match allowed {
+            Ok(()) => {
+                return Ok(Route {
+                    dest,
+                    listener: Some(index),
+                });
+            }
+            Err(rule) => {
+                refused_by.get_or_insert(rule);
+            }
+        }
+    }
+    Err(refused_by.map_or(Refusal::NothingListens, Refusal::Policy))
 }
 
 #[cfg(test)]
@@ -519,5 +696,237 @@ mod tests {
                 listener: None
             })
         );
+    }
+
+    fn policy(connect: Option<&[u8]>, bind: Option<&[u8]>, wildcard_bind: bool) -> Policy {
+        let ids = |l: &[u8]| l.iter().map(|&n| id(n)).collect();
+        Policy {
+            connect: connect.map(ids),
+            bind: bind.map(ids),
+            wildcard_bind,
+        }
+    }
+
+    #[test]
+    fn policy_connect_rule_every_row() {
+        let t = topo();
+        let bound = [VmId::ZERO];
+        // (policy connect list, connector, addressed vm, expected)
+        let rows: &[(Option<&[u8]>, u8, VmId, Result<u8, Refusal>)] = &[
+            // no list: any partition
+            (None, A, VmId::PARENT, Ok(ROOT)),
+            (None, ROOT, id(B), Ok(B)),
+            // listed
+            (Some(&[A]), A, VmId::PARENT, Ok(ROOT)),
+            (Some(&[A, B]), B, VmId::ZERO, Ok(ROOT)),
+            (Some(&[ROOT]), ROOT, id(A), Ok(A)),
+            // not listed
+            (
+                Some(&[A]),
+                B,
+                VmId::PARENT,
+                Err(Refusal::Policy(PolicyRule::Connect)),
+            ),
+            (
+                Some(&[A]),
+                ROOT,
+                id(B),
+                Err(Refusal::Policy(PolicyRule::Connect)),
+            ),
+            (
+                Some(&[]),
+                A,
+                VmId::PARENT,
+                Err(Refusal::Policy(PolicyRule::Connect)),
+            ),
+            // loopback is free of policy
+            (Some(&[]), A, VmId::LOOPBACK, Ok(A)),
+            (Some(&[B]), ROOT, id(ROOT), Ok(ROOT)),
+            // reachability comes first: a refused sibling does not learn of the policy
+            (Some(&[]), A, id(B), Err(Refusal::Unreachable)),
+        ];
+        for &(list, from, vm, expected) in rows {
+            let p = policy(list, None, true);
+            let got = decide_with_policy(
+                &t,
+                id(from),
+                SockAddrHv::new(vm, svc()),
+                ServiceState::Enabled,
+                &p,
+                |_| Some(&bound[..]),
+            )
+            .map(|r| r.dest);
+            assert_eq!(
+                got,
+                expected.map(id),
+                "connect {list:?}, from {from:#x} to {vm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_is_checked_after_registration_and_state() {
+        let t = topo();
+        let p = policy(Some(&[]), None, true);
+        let connect = |state| {
+            decide_with_policy(
+                &t,
+                id(A),
+                SockAddrHv::new(VmId::PARENT, svc()),
+                state,
+                &p,
+                |_| Some(&[VmId::ZERO][..]),
+            )
+        };
+        assert_eq!(
+            connect(ServiceState::Unregistered),
+            Err(Refusal::NotRegistered)
+        );
+        assert_eq!(connect(ServiceState::Disabled), Err(Refusal::Disabled));
+        assert_eq!(
+            connect(ServiceState::Enabled),
+            Err(Refusal::Policy(PolicyRule::Connect))
+        );
+        // Before the listeners: a denied connector does not learn whether anything listens.
+        let nothing = decide_with_policy(
+            &t,
+            id(A),
+            SockAddrHv::new(VmId::PARENT, svc()),
+            ServiceState::Enabled,
+            &p,
+            |_| Some(&[][..]),
+        );
+        assert_eq!(nothing, Err(Refusal::Policy(PolicyRule::Connect)));
+    }
+
+    #[test]
+    fn policy_bind_rules_every_row() {
+        // (bind list, wildcard_bind, listener partition, pattern, expected)
+        let rows: &[(Option<&[u8]>, bool, u8, VmId, Result<(), PolicyRule>)] = &[
+            // the default allows every bind
+            (None, true, ROOT, VmId::ZERO, Ok(())),
+            (None, true, A, VmId::CHILDREN, Ok(())),
+            // bind list
+            (Some(&[ROOT]), true, ROOT, VmId::ZERO, Ok(())),
+            (Some(&[ROOT]), true, A, VmId::ZERO, Err(PolicyRule::Bind)),
+            (Some(&[ROOT]), true, A, VmId::PARENT, Err(PolicyRule::Bind)),
+            (
+                Some(&[ROOT]),
+                true,
+                A,
+                VmId::CHILDREN,
+                Err(PolicyRule::Bind),
+            ),
+            (Some(&[ROOT]), true, A, id(ROOT), Err(PolicyRule::Bind)),
+            (Some(&[]), true, ROOT, VmId::CHILDREN, Err(PolicyRule::Bind)),
+            // wildcard_bind: false refuses ZERO only
+            (None, false, ROOT, VmId::ZERO, Err(PolicyRule::WildcardBind)),
+            (
+                None,
+                false,
+                ROOT,
+                VmId::WILDCARD,
+                Err(PolicyRule::WildcardBind),
+            ),
+            (None, false, ROOT, VmId::CHILDREN, Ok(())),
+            (None, false, ROOT, id(A), Ok(())),
+            (None, false, A, VmId::PARENT, Ok(())),
+            // who comes before how
+            (Some(&[ROOT]), false, A, VmId::ZERO, Err(PolicyRule::Bind)),
+            (
+                Some(&[ROOT]),
+                false,
+                ROOT,
+                VmId::ZERO,
+                Err(PolicyRule::WildcardBind),
+            ),
+            // LOOPBACK is free of policy
+            (Some(&[]), false, A, VmId::LOOPBACK, Ok(())),
+        ];
+        for &(list, wildcard, partition, pattern, expected) in rows {
+            let p = policy(None, list, wildcard);
+            assert_eq!(
+                check_bind_policy(&p, id(partition), pattern),
+                expected,
+                "bind {list:?} wildcard_bind {wildcard}, in {partition:#x} pattern {pattern:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_bind_rules_pick_among_listeners_at_connect() {
+        let t = topo();
+        // Listeners in the root for the service: ZERO and CHILDREN.
+        let bound = [VmId::ZERO, VmId::CHILDREN];
+        let connect = |p: &Policy, bound: &[VmId]| {
+            decide_with_policy(
+                &t,
+                id(A),
+                SockAddrHv::new(VmId::PARENT, svc()),
+                ServiceState::Enabled,
+                p,
+                |_| Some(bound),
+            )
+        };
+        // CHILDREN is more specific and allowed.
+        let no_wildcard = policy(None, None, false);
+        assert_eq!(
+            connect(&no_wildcard, &bound).map(|r| r.listener),
+            Ok(Some(1))
+        );
+        // Only ZERO bound (before the policy changed): the policy refuses it at connect.
+        assert_eq!(
+            connect(&no_wildcard, &bound[..1]),
+            Err(Refusal::Policy(PolicyRule::WildcardBind))
+        );
+        // The root may not serve the service at all.
+        let not_root = policy(None, Some(&[A]), true);
+        assert_eq!(
+            connect(&not_root, &bound),
+            Err(Refusal::Policy(PolicyRule::Bind))
+        );
+        // Nothing accepting is still "nothing listens", whatever the policy.
+        assert_eq!(
+            connect(&not_root, &[VmId::LOOPBACK]),
+            Err(Refusal::NothingListens)
+        );
+        // Loopback connects ignore bind rules: A reaching its own ZERO listener.
+        let none = policy(Some(&[]), Some(&[]), false);
+        let own = decide_with_policy(
+            &t,
+            id(A),
+            SockAddrHv::new(VmId::LOOPBACK, svc()),
+            ServiceState::Unregistered,
+            &none,
+            |_| Some(&[VmId::ZERO][..]),
+        );
+        assert_eq!(own.map(|r| r.dest), Ok(id(A)));
+    }
+
+    #[test]
+    fn policy_lists_shrink_and_map() {
+        let p = policy(Some(&[A, B]), Some(&[A]), false);
+        let q = p.without(id(A));
+        assert_eq!(q.connect, Some(vec![id(B)]));
+        assert_eq!(
+            q.bind,
+            Some(vec![]),
+            "an emptied list allows none, never all"
+        );
+        assert!(!q.wildcard_bind);
+        let r = p.mapped(id(A), id(ROOT));
+        assert_eq!(r.connect, Some(vec![id(ROOT), id(B)]));
+        assert!(Policy::default().allows_all());
+        assert!(!policy(None, None, false).allows_all());
+        assert_eq!(p.partitions().count(), 3);
+    }
+
+    #[test]
+    fn policy_json_defaults_and_unknown_fields() {
+        let p: Policy = serde_json::from_str("{}").expect("empty");
+        assert_eq!(p, Policy::default());
+        let p: Policy = serde_json::from_str(r#"{"wildcard_bind":false}"#).expect("one field");
+        assert!(!p.wildcard_bind && p.connect.is_none());
+        assert!(serde_json::from_str::<Policy>(r#"{"conect":[]}"#).is_err());
     }
 }

@@ -253,7 +253,10 @@ fn bind(
             Some(listener)
         }
         Err(refused) => {
+            let key = world.service_key(addr.service_id);
             drop(world);
+            ctx.metrics
+                .bind_refused(client.partition, key, refused.reason);
             refuse(refused.code, refused.message)
         }
     }

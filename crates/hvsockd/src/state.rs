@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::listeners::Listener;
 use crate::registry::{PartitionKind, PartitionRecord, Registry, RegistryError, ServiceRecord};
-use crate::router::{self, BindRefusal, Refusal, ServiceState, Topology};
+use crate::router::{self, BindRefusal, Policy, PolicyRule, Refusal, ServiceState, Topology};
 
 /// Most listeners one partition may have bound at once.
 pub const MAX_LISTENERS_PER_PARTITION: usize = 4096;
@@ -76,6 +76,7 @@ pub struct World {
     services: HashMap<ServiceId, ServiceRecord>,
     bindings: HashMap<(VmId, ServiceId), Vec<Arc<Listener>>>,
     next_listener: u64,
+    default_policy: Policy,
 }
 
 impl World {
@@ -87,6 +88,7 @@ impl World {
             services: HashMap::new(),
             bindings: HashMap::new(),
             next_listener: 1,
+            default_policy: Policy::default(),
         };
         for p in registry.partitions()? {
             world.put_partition(p);
@@ -95,6 +97,75 @@ impl World {
             world.put_service(s);
         }
         Ok(world)
+    }
+
+    /// Reads services and partitions again from the registry (after an import), keeping the
+    /// listeners of partitions that are still there; returns the others, which the caller
+    /// closes. A root whose id changed counts as gone.
+    pub fn reload(&mut self, registry: &Registry) -> Result<Vec<Arc<Listener>>, RegistryError> {
+        let partitions = registry.partitions()?;
+        let services = registry.services()?;
+        self.topo = Topology::new(registry.root());
+        self.partitions.clear();
+        self.services.clear();
+        for p in partitions {
+            self.put_partition(p);
+        }
+        for s in services {
+            self.put_service(s);
+        }
+        let gone: Vec<(VmId, ServiceId)> = self
+            .bindings
+            .keys()
+            .filter(|(p, _)| !self.partitions.contains_key(p))
+            .copied()
+            .collect();
+        Ok(gone
+            .into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .flatten()
+            .collect())
+    }
+
+    /// The policy of services that have none of their own.
+    pub fn default_policy(&self) -> &Policy {
+        &self.default_policy
+    }
+
+    /// Sets the policy of services that have none of their own.
+    pub fn set_default_policy(&mut self, policy: Policy) {
+        self.default_policy = policy;
+    }
+
+    /// The policy that applies to a service: its own, else the default; the default policy
+    /// that allows everything for unregistered services (only loopback reaches them).
+    pub fn effective_policy(&self, id: ServiceId) -> Policy {
+        match self.services.get(&id) {
+            Some(s) => s
+                .policy
+                .clone()
+                .unwrap_or_else(|| self.default_policy.clone()),
+            None => Policy::default(),
+        }
+    }
+
+    /// A policy for people: `connect: [a, b]; bind: any; wildcard_bind: no`.
+    fn policy_rule_text(&self, policy: &Policy, rule: PolicyRule) -> String {
+        let list = |l: &Option<Vec<VmId>>| match l {
+            None => "any".to_owned(),
+            Some(ids) => format!(
+                "[{}]",
+                ids.iter()
+                    .map(|&id| self.partition_label(id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        match rule {
+            PolicyRule::Connect => format!("policy connect: {}", list(&policy.connect)),
+            PolicyRule::Bind => format!("policy bind: {}", list(&policy.bind)),
+            PolicyRule::WildcardBind => "policy wildcard_bind: false".to_owned(),
+        }
     }
 
     /// The root partition.
@@ -221,12 +292,14 @@ impl World {
                 ),
             }
         };
+        let policy = self.effective_policy(service);
         // The router takes a slice; keep the patterns alive across the call.
         let mut patterns: Option<Vec<VmId>> = None;
-        let decision = router::decide(&self.topo, from, target, state, |dest| {
-            patterns = bound(dest);
-            patterns.as_deref()
-        });
+        let decision =
+            router::decide_with_policy(&self.topo, from, target, state, &policy, |dest| {
+                patterns = bound(dest);
+                patterns.as_deref()
+            });
         let route = decision.map_err(|refusal| self.refusal(from, target, refusal))?;
         let connector = SockAddrHv::new(from, service);
         let listener = SockAddrHv::new(route.dest, service);
@@ -301,6 +374,45 @@ impl World {
                     ),
                 )
             }
+            Refusal::Policy(rule) => {
+                let policy = self.effective_policy(service);
+                let name = self
+                    .services
+                    .get(&service)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_else(|| service.to_string());
+                let rule_text = self.policy_rule_text(&policy, rule);
+                let (reason, message) = match rule {
+                    PolicyRule::Connect => (
+                        "policy_connect",
+                        format!(
+                            "service {name} does not allow partition {} to connect ({rule_text})",
+                            self.partition_label(from)
+                        ),
+                    ),
+                    PolicyRule::Bind | PolicyRule::WildcardBind => {
+                        let dest = router::destination(&self.topo, from, vm).unwrap_or(from);
+                        let what = if rule == PolicyRule::Bind {
+                            format!("partition {} may not serve it", self.partition_label(dest))
+                        } else {
+                            "its wildcard listeners may not serve it".to_owned()
+                        };
+                        let reason = if rule == PolicyRule::Bind {
+                            "policy_bind"
+                        } else {
+                            "policy_wildcard_bind"
+                        };
+                        (
+                            reason,
+                            format!(
+                                "service {name}: the listener that would take this connection from {} is not allowed by the policy: {what} ({rule_text})",
+                                self.partition_label(from)
+                            ),
+                        )
+                    }
+                };
+                Refused::new(ErrorCode::Denied, reason, message)
+            }
             Refusal::NothingListens => {
                 let dest = router::destination(&self.topo, from, vm).unwrap_or(from);
                 Refused::new(
@@ -343,6 +455,30 @@ impl World {
                 "binding SILOHOST is not supported: hvsock has no silos; a sandbox reaches its host through PARENT",
             ),
         })?;
+        if let Some(record) = self.services.get(&addr.service_id) {
+            let policy = self.effective_policy(addr.service_id);
+            if let Err(rule) = router::check_bind_policy(&policy, partition, addr.vm_id) {
+                let rule_text = self.policy_rule_text(&policy, rule);
+                let (reason, message) = match rule {
+                    PolicyRule::WildcardBind => (
+                        "policy_wildcard_bind",
+                        format!(
+                            "service {} does not allow wildcard binds ({rule_text}): bind children, parent, loopback or a partition's id",
+                            record.name
+                        ),
+                    ),
+                    _ => (
+                        "policy_bind",
+                        format!(
+                            "service {} does not allow partition {} to bind it ({rule_text})",
+                            record.name,
+                            self.partition_label(partition)
+                        ),
+                    ),
+                };
+                return Err(Refused::new(ErrorCode::Denied, reason, message));
+            }
+        }
         let in_partition: usize = self
             .bindings
             .iter()

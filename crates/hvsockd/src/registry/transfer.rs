@@ -1,0 +1,857 @@
+//! Export and import: the registry as one JSON document, to back it up or move it to another
+//! host.
+//!
+//! An [`Export`] holds the root partition's id, every service (id, name, enabled, policy,
+//! creation time) and every other partition (id, name, parent, kind, hybrid-vsock path,
+//! creation time), in a stable order: services by name, partitions parents first, then by name.
+//! Exporting the same registry twice gives the same bytes.
+//!
+//! [`Registry::import`] applies a document in one transaction, or not at all:
+//!
+//! - **merge** (the default) adds what is new and sets `enabled` and `policy` of services that
+//!   are there already to the document's; entries the document does not name stay. An entry
+//!   whose id or name is already used by a different entry (another name, parent, kind or
+//!   attachment) is a conflict; every conflict is listed and nothing changes.
+//! - **replace** makes the registry equal to the document: entries it does not name are
+//!   removed, and entries it names take its values.
+//!
+//! The root's id: a registry that holds nothing but its root (a fresh hvsockd), or a replace,
+//! adopts the document's root id, so that the moved registry is the same, down to the id that
+//! guests may have been given for their host. A merge into a registry that holds anything
+//! keeps its own root id, and reads the document's root id as its own (parents and policies
+//! that name the old root name this one).
+//!
+//! Importing the same document twice changes nothing the second time.
+
+use super::*;
+
+/// The `version` this hvsockd writes and reads.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// The registry as a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// The document's version ([`EXPORT_VERSION`]).
+    pub version: u32,
+    /// The root partition's id.
+    pub root: VmId,
+    /// Every service, by name.
+    pub services: Vec<ExportedService>,
+    /// Every partition but the root, parents first, then by name.
+    pub partitions: Vec<ExportedPartition>,
+}
+
+/// A service in an [`Export`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedService {
+    /// Its GUID.
+    pub id: ServiceId,
+    /// Its friendly name.
+    pub name: String,
+    /// Whether connections across partitions may reach it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Its own policy (partitions by id); absent or `null`: the default policy applies.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// When it was registered (seconds since the Unix epoch); kept by an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+}
+
+/// A partition in an [`Export`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedPartition {
+    /// Its VmId.
+    pub id: VmId,
+    /// Its name.
+    pub name: String,
+    /// Its parent: the root's id or another partition of the document.
+    pub parent: VmId,
+    /// `sandbox` or `vm`.
+    #[serde(default = "sandbox")]
+    pub kind: PartitionKind,
+    /// For a VM: its VMM's hybrid-vsock socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid_vsock: Option<PathBuf>,
+    /// When it was added (seconds since the Unix epoch); kept by an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn sandbox() -> PartitionKind {
+    PartitionKind::Sandbox
+}
+
+/// How an import treats what the registry holds already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// Add and update; keep entries the document does not name.
+    Merge,
+    /// Make the registry equal to the document.
+    Replace,
+}
+
+/// How many entries of a kind an import created, updated, left alone and removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// New entries.
+    pub created: usize,
+    /// Entries whose values changed.
+    pub updated: usize,
+    /// Entries already as the document has them.
+    pub unchanged: usize,
+    /// Entries removed (replace only).
+    pub removed: usize,
+}
+
+/// What an import did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The mode.
+    pub mode: ImportMode,
+    /// Whether nothing was written because it was a dry run.
+    pub dry_run: bool,
+    /// The root's id after the import.
+    pub root: VmId,
+    /// Whether the root took the document's id.
+    pub root_adopted: bool,
+    /// Services.
+    pub services: Counts,
+    /// Partitions (the root not counted).
+    pub partitions: Counts,
+    /// One line per change, for people (`service "echo" created`).
+    pub changes: Vec<String>,
+}
+
+impl ImportReport {
+    /// Whether the import changed (or would change) anything.
+    pub fn changed(&self) -> bool {
+        !self.changes.is_empty()
+    }
+}
+
+/// The part of a partition that is its identity in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    name: String,
+    parent: VmId,
+    kind: PartitionKind,
+    hybrid_vsock: Option<PathBuf>,
+    created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Svc {
+    name: String,
+    enabled: bool,
+    policy: Option<Policy>,
+    created_at: i64,
+}
+
+fn invalid(message: String) -> RegistryError {
+    RegistryError::InvalidImport(message)
+}
+
+/// Checks a document on its own: version, names, ids, the tree, policies.
+fn validate(doc: &Export) -> Result<()> {
+    if doc.version != EXPORT_VERSION {
+        return Err(invalid(format!(
+            "version {} is not one this hvsockd reads ({EXPORT_VERSION})",
+            doc.version
+        )));
+    }
+    if doc.root.is_well_known() {
+        return Err(invalid(format!(
+            "root {} is a well-known VmId and cannot be a partition's id",
+            doc.root
+        )));
+    }
+    let mut names = HashSet::new();
+    let mut ids = HashSet::new();
+    for s in &doc.services {
+        hvsock::addr::check_service_name(&s.name)
+            .map_err(|e| invalid(format!("service {}: {e}", s.id)))?;
+        if !names.insert(s.name.as_str()) {
+            return Err(invalid(format!("two services are named {:?}", s.name)));
+        }
+        if !ids.insert(s.id.0) {
+            return Err(invalid(format!("two services have the id {}", s.id)));
+        }
+    }
+    let mut parents: HashMap<VmId, VmId> = HashMap::new();
+    let mut kinds: HashMap<VmId, PartitionKind> = HashMap::new();
+    let mut names = HashSet::from([ROOT_NAME]);
+    for p in &doc.partitions {
+        hvsock::addr::check_partition_name(&p.name)
+            .map_err(|e| invalid(format!("partition {}: {e}", p.id)))?;
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid(format!(
+                "partition name {:?} is used twice (the root is {ROOT_NAME:?})",
+                p.name
+            )));
+        }
+        if p.id.is_well_known() || p.id == doc.root {
+            return Err(invalid(format!(
+                "partition {:?} has the id {}, which is well-known or the root's",
+                p.name, p.id
+            )));
+        }
+        if parents.insert(p.id, p.parent).is_some() {
+            return Err(invalid(format!("two partitions have the id {}", p.id)));
+        }
+        match (p.kind, &p.hybrid_vsock) {
+            (PartitionKind::Root, _) => {
+                return Err(invalid(format!(
+                    "partition {:?} has kind root; the document's root is only its `root` id",
+                    p.name
+                )));
+            }
+            (PartitionKind::Vm, None) => {
+                return Err(invalid(format!("VM {:?} has no hybrid_vsock path", p.name)));
+            }
+            (PartitionKind::Sandbox, Some(_)) => {
+                return Err(invalid(format!(
+                    "sandbox {:?} has a hybrid_vsock path; only VMs do",
+                    p.name
+                )));
+            }
+            _ => {}
+        }
+        kinds.insert(p.id, p.kind);
+    }
+    for p in &doc.partitions {
+        // Walk up to the root; more steps than partitions means a cycle.
+        let mut at = p.parent;
+        let mut steps = 0;
+        while at != doc.root {
+            let Some(&up) = parents.get(&at) else {
+                return Err(invalid(format!(
+                    "partition {:?} has parent {at}, which is neither the root nor a partition of the document",
+                    p.name
+                )));
+            };
+            steps += 1;
+            if steps > parents.len() {
+                return Err(invalid(format!(
+                    "partition {:?} is its own ancestor",
+                    p.name
+                )));
+            }
+            at = up;
+        }
+        if kinds.get(&p.parent) == Some(&PartitionKind::Vm) {
+            return Err(invalid(format!(
+                "partition {:?} has a VM as parent; a guest that hosts its own sandboxes runs its own hvsockd",
+                p.name
+            )));
+        }
+    }
+    for s in &doc.services {
+        for id in s.policy.iter().flat_map(Policy::partitions) {
+            if id != doc.root && !parents.contains_key(&id) {
+                return Err(invalid(format!(
+                    "the policy of service {:?} names partition {id}, which is not in the document",
+                    s.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Partitions parents first, then by name.
+fn tree_order(root: VmId, nodes: &BTreeMap<VmId, Node>) -> Vec<VmId> {
+    let depth = |mut id: VmId| {
+        let mut d = 0usize;
+        while id != root && d <= nodes.len() {
+            match nodes.get(&id) {
+                Some(n) => id = n.parent,
+                None => break,
+            }
+            d += 1;
+        }
+        d
+    };
+    let mut ids: Vec<VmId> = nodes.keys().copied().collect();
+    ids.sort_by(|a, b| (depth(*a), &nodes[a].name).cmp(&(depth(*b), &nodes[b].name)));
+    ids
+}
+
+impl Registry {
+    fn load_state(&self) -> Result<(BTreeMap<ServiceId, Svc>, BTreeMap<VmId, Node>)> {
+        let services = self
+            .services()?
+            .into_iter()
+            .map(|s| {
+                (
+                    s.id,
+                    Svc {
+                        name: s.name,
+                        enabled: s.enabled,
+                        policy: s.policy,
+                        created_at: s.created_at,
+                    },
+                )
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for p in self.partitions()? {
+            let Some(parent) = p.parent else { continue };
+            nodes.insert(
+                p.id,
+                Node {
+                    name: p.name,
+                    parent,
+                    kind: p.kind,
+                    hybrid_vsock: p.hybrid_vsock,
+                    created_at: p.created_at,
+                },
+            );
+        }
+        Ok((services, nodes))
+    }
+
+    /// The registry as a document.
+    pub fn export(&self) -> Result<Export> {
+        let (services, nodes) = self.load_state()?;
+        let mut services: Vec<ExportedService> = services
+            .into_iter()
+            .map(|(id, s)| ExportedService {
+                id,
+                name: s.name,
+                enabled: s.enabled,
+                policy: s.policy,
+                created_at: Some(s.created_at),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let partitions = tree_order(self.root, &nodes)
+            .into_iter()
+            .map(|id| {
+                let n = &nodes[&id];
+                ExportedPartition {
+                    id,
+                    name: n.name.clone(),
+                    parent: n.parent,
+                    kind: n.kind,
+                    hybrid_vsock: n.hybrid_vsock.clone(),
+                    created_at: Some(n.created_at),
+                }
+            })
+            .collect();
+        Ok(Export {
+            version: EXPORT_VERSION,
+            root: self.root,
+            services,
+            partitions,
+        })
+    }
+
+    /// Applies `doc` (see the module docs); with `dry_run`, says what would change and
+    /// changes nothing.
+    pub fn import(
+        &mut self,
+        doc: &Export,
+        mode: ImportMode,
+        dry_run: bool,
+    ) -> Result<ImportReport> {
+        let (mut report, services, nodes) = self.compute_import(doc, mode)?;
+        report.dry_run = dry_run;
+        if dry_run || !report.changed() {
+            return Ok(report);
+        }
+        self.write_all(report.root, &services, &nodes)?;
+        self.root = report.root;
+        Ok(report)
+    }
+
+    /// What [`Registry::import`] would do, changing nothing.
+    pub fn import_dry_run(&self, doc: &Export, mode: ImportMode) -> Result<ImportReport> {
+        let (mut report, _, _) = self.compute_import(doc, mode)?;
+        report.dry_run = true;
+        Ok(report)
+    }
+
+    #[allow(clippy::type_complexity)] // the report and the registry it leads to
+    fn compute_import(
+        &self,
+        doc: &Export,
+        mode: ImportMode,
+    ) -> Result<(ImportReport, BTreeMap<ServiceId, Svc>, BTreeMap<VmId, Node>)> {
+        validate(doc)?;
+        let (before_services, before_nodes) = self.load_state()?;
+        let fresh = before_services.is_empty() && before_nodes.is_empty();
+        let adopt = fresh || mode == ImportMode::Replace;
+        let root = if adopt { doc.root } else { self.root };
+        // The document's root reads as the registry's root.
+        let map = |id: VmId| if id == doc.root { root } else { id };
+        let now = now();
+
+        let (mut services, mut nodes) = match mode {
+            ImportMode::Merge => (before_services.clone(), before_nodes.clone()),
+            ImportMode::Replace => (BTreeMap::new(), BTreeMap::new()),
+        };
+        let mut conflicts = Vec::new();
+        for p in &doc.partitions {
+            let node = Node {
+                name: p.name.clone(),
+                parent: map(p.parent),
+                kind: p.kind,
+                hybrid_vsock: p.hybrid_vsock.clone(),
+                created_at: p
+                    .created_at
+                    .or_else(|| before_nodes.get(&p.id).map(|n| n.created_at))
+                    .unwrap_or(now),
+            };
+            if mode == ImportMode::Merge {
+                if p.id == self.root && !adopt {
+                    conflicts.push(format!(
+                        "partition {:?} ({}) has the id of this registry's root",
+                        p.name, p.id
+                    ));
+                    continue;
+                }
+                if let Some(old) = nodes.get(&p.id) {
+                    let mut differs = Vec::new();
+                    if old.name != node.name {
+                        differs.push(format!("named {:?}", old.name));
+                    }
+                    if old.parent != node.parent {
+                        differs.push(format!("parent {}", old.parent));
+                    }
+                    if old.kind != node.kind {
+                        differs.push(format!("kind {}", old.kind.as_str()));
+                    }
+                    if old.hybrid_vsock != node.hybrid_vsock {
+                        differs.push(match &old.hybrid_vsock {
+                            Some(path) => format!("attached at {}", path.display()),
+                            None => "no attachment".to_owned(),
+                        });
+                    }
+                    if !differs.is_empty() {
+                        conflicts.push(format!(
+                            "partition {} is here with {}, the document has it as {:?}",
+                            p.id,
+                            differs.join(", "),
+                            p.name
+                        ));
+                    }
+                    continue;
+                }
+                if let Some((id, _)) = nodes.iter().find(|(_, n)| n.name == p.name) {
+                    conflicts.push(format!(
+                        "partition name {:?} is used here by {id}, the document gives it to {}",
+                        p.name, p.id
+                    ));
+                    continue;
+                }
+            }
+            nodes.insert(p.id, node);
+        }
+        for s in &doc.services {
+            let policy = s.policy.as_ref().map(|p| p.mapped(doc.root, root));
+            if mode == ImportMode::Merge {
+                if let Some(old) = services.get_mut(&s.id) {
+                    if old.name != s.name {
+                        conflicts.push(format!(
+                            "service {} is here named {:?}, the document names it {:?}",
+                            s.id, old.name, s.name
+                        ));
+                    } else {
+                        old.enabled = s.enabled;
+                        old.policy = policy;
+                    }
+                    continue;
+                }
+                if let Some((id, _)) = services.iter().find(|(_, o)| o.name == s.name) {
+                    conflicts.push(format!(
+                        "service name {:?} is used here by {id}, the document gives it to {}",
+                        s.name, s.id
+                    ));
+                    continue;
+                }
+            }
+            let created_at = s
+                .created_at
+                .or_else(|| before_services.get(&s.id).map(|o| o.created_at))
+                .unwrap_or(now);
+            services.insert(
+                s.id,
+                Svc {
+                    name: s.name.clone(),
+                    enabled: s.enabled,
+                    policy,
+                    created_at,
+                },
+            );
+        }
+        if !conflicts.is_empty() {
+            return Err(RegistryError::Conflicts(conflicts));
+        }
+
+        let mut report = ImportReport {
+            mode,
+            dry_run: false,
+            root,
+            root_adopted: root != self.root,
+            services: Counts::default(),
+            partitions: Counts::default(),
+            changes: Vec::new(),
+        };
+        if report.root_adopted {
+            report
+                .changes
+                .push(format!("root id {} replaced by {root}", self.root));
+        }
+        for (id, s) in &services {
+            match before_services.get(id) {
+                None => {
+                    report.services.created += 1;
+                    report.changes.push(format!("service {:?} created", s.name));
+                }
+                Some(old)
+                    if (&old.name, old.enabled, &old.policy) != (&s.name, s.enabled, &s.policy) =>
+                {
+                    report.services.updated += 1;
+                    report.changes.push(format!("service {:?} updated", s.name));
+                }
+                Some(_) => report.services.unchanged += 1,
+            }
+        }
+        for (id, old) in &before_services {
+            if !services.contains_key(id) {
+                report.services.removed += 1;
+                report
+                    .changes
+                    .push(format!("service {:?} removed", old.name));
+            }
+        }
+        for (id, n) in &nodes {
+            match before_nodes.get(id) {
+                None => {
+                    report.partitions.created += 1;
+                    report
+                        .changes
+                        .push(format!("partition {:?} created", n.name));
+                }
+                Some(old)
+                    if (&old.name, old.parent, old.kind, &old.hybrid_vsock)
+                        != (&n.name, n.parent, n.kind, &n.hybrid_vsock) =>
+                {
+                    report.partitions.updated += 1;
+                    report
+                        .changes
+                        .push(format!("partition {:?} updated", n.name));
+                }
+                Some(_) => report.partitions.unchanged += 1,
+            }
+        }
+        for (id, old) in &before_nodes {
+            if !nodes.contains_key(id) {
+                report.partitions.removed += 1;
+                report
+                    .changes
+                    .push(format!("partition {:?} removed", old.name));
+            }
+        }
+        Ok((report, services, nodes))
+    }
+
+    /// Rewrites the registry to hold exactly `services` and `nodes` under `root`, in one
+    /// transaction.
+    fn write_all(
+        &mut self,
+        root: VmId,
+        services: &BTreeMap<ServiceId, Svc>,
+        nodes: &BTreeMap<VmId, Node>,
+    ) -> Result<()> {
+        let old_root = self.root;
+        let tx = self.conn.transaction().map_err(sql("starting an import"))?;
+        tx.pragma_update(None, "defer_foreign_keys", true)
+            .map_err(sql("deferring foreign keys"))?;
+        tx.execute("DELETE FROM services", [])
+            .map_err(sql("clearing services"))?;
+        tx.execute("DELETE FROM partitions WHERE kind != 'root'", [])
+            .map_err(sql("clearing partitions"))?;
+        tx.execute(
+            "UPDATE partitions SET id = ?2 WHERE id = ?1 AND kind = 'root'",
+            params![old_root.to_string(), root.to_string()],
+        )
+        .map_err(sql("setting the root's id"))?;
+        for (id, s) in services {
+            tx.execute(
+                "INSERT INTO services (id, name, enabled, policy, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id.to_string(),
+                    s.name,
+                    s.enabled,
+                    policy_to_column(s.policy.as_ref()),
+                    s.created_at
+                ],
+            )
+            .map_err(sql("importing a service"))?;
+        }
+        for id in tree_order(root, nodes) {
+            let n = &nodes[&id];
+            tx.execute(
+                "INSERT INTO partitions (id, name, parent, kind, attachment, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id.to_string(),
+                    n.name,
+                    n.parent.to_string(),
+                    n.kind.as_str(),
+                    n.hybrid_vsock
+                        .as_ref()
+                        .map(|p| p.to_string_lossy().into_owned()),
+                    n.created_at
+                ],
+            )
+            .map_err(sql("importing a partition"))?;
+        }
+        tx.commit().map_err(sql("committing an import"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(&dir.path().join("registry.db")).expect("open");
+        (dir, reg)
+    }
+
+    fn vm(n: u8) -> VmId {
+        VmId(Guid::from_bytes([n; 16]))
+    }
+
+    /// A registry with two services (one with a policy) and a small tree.
+    fn populated() -> (tempfile::TempDir, Registry) {
+        let (dir, mut reg) = open();
+        let root = reg.root();
+        reg.add_partition(vm(1), "a", root, PartitionKind::Sandbox, None)
+            .expect("a");
+        reg.add_partition(vm(2), "a1", vm(1), PartitionKind::Sandbox, None)
+            .expect("a1");
+        reg.add_partition(vm(3), "b", root, PartitionKind::Sandbox, None)
+            .expect("b");
+        let echo = ServiceId::from_vsock_port(2761);
+        reg.add_service(echo, "echo", true).expect("echo");
+        reg.add_service(ServiceId::from_vsock_port(9), "off", false)
+            .expect("off");
+        let policy = Policy {
+            connect: Some(vec![vm(1), root]),
+            bind: Some(vec![root]),
+            wildcard_bind: false,
+        };
+        reg.set_service_policy(echo, Some(&policy)).expect("policy");
+        (dir, reg)
+    }
+
+    #[test]
+    fn export_is_stable_and_parents_come_first() {
+        let (_dir, reg) = populated();
+        let doc = reg.export().expect("export");
+        assert_eq!(doc, reg.export().expect("again"));
+        let names: Vec<&str> = doc.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "a1"]);
+        let names: Vec<&str> = doc.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["echo", "off"]);
+        assert_eq!(doc.root, reg.root());
+    }
+
+    #[test]
+    fn import_into_a_fresh_registry_gives_the_same_registry_and_root() {
+        let (_dir, reg) = populated();
+        let doc = reg.export().expect("export");
+        let (_dir2, mut fresh) = open();
+        let report = fresh
+            .import(&doc, ImportMode::Merge, false)
+            .expect("import");
+        assert!(report.root_adopted);
+        assert_eq!(report.services.created, 2);
+        assert_eq!(report.partitions.created, 3);
+        assert_eq!(fresh.root(), reg.root());
+        assert_eq!(fresh.export().expect("export"), doc);
+        // Again: nothing to do.
+        let again = fresh.import(&doc, ImportMode::Merge, false).expect("again");
+        assert!(!again.changed(), "{again:?}");
+        assert_eq!(again.services.unchanged, 2);
+        // The root survives reopening.
+        let path = fresh.path().to_owned();
+        drop(fresh);
+        assert_eq!(Registry::open(&path).expect("reopen").root(), reg.root());
+    }
+
+    #[test]
+    fn merge_into_a_used_registry_keeps_its_root_and_maps_the_documents() {
+        let (_dir, reg) = populated();
+        let doc = reg.export().expect("export");
+        let (_dir2, mut other) = open();
+        other
+            .add_service(ServiceId::from_vsock_port(5), "local", true)
+            .expect("local");
+        let root = other.root();
+        let report = other.import(&doc, ImportMode::Merge, false).expect("merge");
+        assert!(!report.root_adopted);
+        assert_eq!(other.root(), root);
+        let echo = other
+            .service(ServiceId::from_vsock_port(2761))
+            .expect("read")
+            .expect("echo");
+        let policy = echo.policy.expect("policy");
+        assert_eq!(policy.connect, Some(vec![vm(1), root]));
+        assert_eq!(policy.bind, Some(vec![root]));
+        let a = other.partitions().expect("list");
+        assert!(a.iter().any(|p| p.name == "a" && p.parent == Some(root)));
+        assert_eq!(other.services().expect("list").len(), 3, "local stays");
+    }
+
+    #[test]
+    fn conflicts_are_listed_and_change_nothing() {
+        let (_dir, reg) = populated();
+        let doc = reg.export().expect("export");
+        let (_dir2, mut other) = open();
+        other
+            .add_service(ServiceId::from_vsock_port(2761), "not-echo", true)
+            .expect("clash by id");
+        other
+            .add_service(ServiceId::from_vsock_port(77), "off", true)
+            .expect("clash by name");
+        let root = other.root();
+        other
+            .add_partition(vm(1), "not-a", root, PartitionKind::Sandbox, None)
+            .expect("clash");
+        let before = other.export().expect("before");
+        let err = other
+            .import(&doc, ImportMode::Merge, false)
+            .expect_err("conflicts");
+        let RegistryError::Conflicts(list) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(list.len(), 3, "{list:?}");
+        let text = err.to_string();
+        assert!(text.contains("\"not-echo\""), "{text}");
+        assert!(text.contains("service name \"off\""), "{text}");
+        assert!(text.contains("named \"not-a\""), "{text}");
+        assert_eq!(other.export().expect("after"), before);
+        // Replace makes it equal to the document instead.
+        let report = other
+            .import(&doc, ImportMode::Replace, false)
+            .expect("replace");
+        assert!(report.root_adopted);
+        assert_eq!(report.services.removed, 1);
+        assert_eq!(other.export().expect("after"), doc);
+    }
+
+    #[test]
+    fn merge_updates_enabled_and_policy_and_dry_run_writes_nothing() {
+        let (_dir, mut reg) = populated();
+        let mut doc = reg.export().expect("export");
+        doc.services[1].enabled = true;
+        doc.services[0].policy = None;
+        let dry = reg.import(&doc, ImportMode::Merge, true).expect("dry");
+        assert_eq!(dry.services.updated, 2);
+        assert!(dry.dry_run);
+        assert_ne!(
+            reg.export().expect("export"),
+            doc,
+            "dry run changed nothing"
+        );
+        reg.import(&doc, ImportMode::Merge, false).expect("merge");
+        assert_eq!(reg.export().expect("export"), doc);
+    }
+
+    #[test]
+    fn invalid_documents_are_refused_with_the_reason() {
+        let (_dir, reg) = populated();
+        let good = reg.export().expect("export");
+        let cases: Vec<(Box<dyn Fn(&mut Export)>, &str)> = vec![
+            (Box::new(|d| d.version = 9), "version 9"),
+            (
+                Box::new(|d| d.services[1].name = "echo".into()),
+                "two services",
+            ),
+            (
+                Box::new(|d| d.partitions[1].name = "host".into()),
+                "used twice",
+            ),
+            (
+                Box::new(|d| d.partitions[0].parent = vm(99)),
+                "neither the root",
+            ),
+            (
+                Box::new(|d| {
+                    d.partitions[0].parent = vm(2);
+                }),
+                "its own ancestor",
+            ),
+            (
+                Box::new(|d| {
+                    d.services[0].policy = Some(Policy {
+                        connect: Some(vec![vm(42)]),
+                        ..Policy::default()
+                    })
+                }),
+                "not in the document",
+            ),
+            (
+                Box::new(|d| d.partitions[0].kind = PartitionKind::Vm),
+                "no hybrid_vsock",
+            ),
+            (
+                Box::new(|d| d.partitions[0].id = VmId::PARENT),
+                "well-known",
+            ),
+        ];
+        for (change, needle) in cases {
+            let mut doc = good.clone();
+            change(&mut doc);
+            let (_d, mut fresh) = open();
+            let err = fresh
+                .import(&doc, ImportMode::Merge, false)
+                .expect_err(needle);
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+            assert!(fresh.services().expect("list").is_empty());
+        }
+    }
+
+    #[test]
+    fn removing_a_partition_removes_it_from_policies_without_widening_them() {
+        let (_dir, mut reg) = populated();
+        let root = reg.root();
+        reg.remove_partition(vm(2)).expect("a1");
+        reg.remove_partition(vm(1)).expect("a");
+        let echo = reg
+            .service(ServiceId::from_vsock_port(2761))
+            .expect("read")
+            .expect("echo");
+        let policy = echo.policy.expect("policy");
+        assert_eq!(policy.connect, Some(vec![root]));
+        let only_a = Policy {
+            connect: Some(vec![vm(3)]),
+            ..Policy::default()
+        };
+        reg.set_service_policy(echo.id, Some(&only_a)).expect("set");
+        reg.remove_partition(vm(3)).expect("b");
+        let policy = reg
+            .service(echo.id)
+            .expect("read")
+            .expect("echo")
+            .policy
+            .expect("policy");
+        assert_eq!(policy.connect, Some(vec![]), "empty, not any");
+    }
+}
