@@ -54,6 +54,11 @@ impl Endpoints {
     pub fn path(&self, partition: VmId) -> Option<PathBuf> {
         self.lock().get(&partition).map(|o| o.path.clone())
     }
+
+    /// The partitions whose endpoints are open.
+    pub fn open_partitions(&self) -> Vec<VmId> {
+        self.lock().keys().copied().collect()
+    }
 }
 
 /// Registers an owned socket with the tokio reactor.

@@ -1,11 +1,17 @@
 //! `hvsockd`: the provider, in the foreground, logging to stderr.
+//!
+//! `hvsockd --check [--config FILE]` reads the configuration, says what a start would apply to
+//! the registry, and exits 0 (usable) or 1 (not), without starting or writing anything.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use hvsock::dirs::Dirs;
+use hvsockd::config::{self, Loaded};
+use hvsockd::registry::Registry;
 use hvsockd::{Config, Server};
 
 /// The hvsock provider: routes Hyper-V socket connections between the host, its sandboxes
@@ -13,22 +19,56 @@ use hvsockd::{Config, Server};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Put the registry and every socket under DIR (default: /var/lib/hvsock and /run/hvsock
-    /// for root, XDG state and runtime dirs otherwise).
+    /// Read the configuration from FILE (TOML: directories, limits, logging, default policy,
+    /// and services and partitions to ensure at start). Flags override it.
+    #[arg(long, env = "HVSOCKD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and say what a start would apply, without starting or
+    /// changing anything; exit 0 if it is usable, 1 if not.
+    #[arg(long)]
+    check: bool,
+    /// Put the registry and every socket under DIR (default: the config file's, else
+    /// /var/lib/hvsock and /run/hvsock for root, XDG state and runtime dirs otherwise).
     #[arg(long, env = "HVSOCK_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// How long a new client may take to send its first frame, in seconds.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
-    handshake_timeout: Duration,
+    /// Log format [default: the config file's, else text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// How long a new client may take to send its first frame, in seconds [default: the
+    /// config file's, else 10].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    handshake_timeout: Option<Duration>,
+    /// Also serve the admin API over HTTP on this loopback address (e.g. 127.0.0.1:8077),
+    /// without authentication: for tests and tools that cannot use admin.sock. Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
+    admin_tcp: Option<SocketAddr>,
+}
+
+fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:8077"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the admin API has no authentication, so it is only served on 127.0.0.1 or [::1]"
+        ));
+    }
+    Ok(addr)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+impl From<config::LogFormat> for LogFormat {
+    fn from(f: config::LogFormat) -> LogFormat {
+        match f {
+            config::LogFormat::Text => LogFormat::Text,
+            config::LogFormat::Json => LogFormat::Json,
+        }
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -69,18 +109,146 @@ async fn shutdown_signal() {
     }
 }
 
+/// The configuration from the file and the flags, flags first.
+fn configure(args: &Args) -> Result<(Config, LogFormat), String> {
+    let loaded = match &args.config {
+        Some(path) => Some(Loaded::read(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let dirs = match (&args.dir, loaded.as_ref().and_then(|l| l.dirs.clone())) {
+        (Some(dir), _) => Dirs::under(dir),
+        (None, Some(dirs)) => dirs,
+        (None, None) => Dirs::resolve(None).map_err(|e| e.to_string())?,
+    };
+    let mut config = Config::new(dirs);
+    let mut log_format = LogFormat::Text;
+    if let Some(loaded) = loaded {
+        config.limits = loaded.limits;
+        config.declared = loaded.declared;
+        if let Some(f) = loaded.log_format {
+            log_format = f.into();
+        }
+    }
+    if let Some(t) = args.handshake_timeout {
+        config.limits.handshake_timeout = t;
+    }
+    if let Some(f) = args.log_format {
+        log_format = f;
+    }
+    config.admin_tcp = args.admin_tcp;
+    Ok((config, log_format))
+}
+
+/// `--check`: what a start would do, written to stdout.
+fn check(config: &Config, log_format: LogFormat, source: Option<&std::path::Path>) -> ExitCode {
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "config: {}",
+        source.map_or("(none: defaults and flags)".to_owned(), |p| p
+            .display()
+            .to_string())
+    );
+    let _ = writeln!(out, "state dir: {}", config.dirs.state.display());
+    let _ = writeln!(out, "run dir: {}", config.dirs.run.display());
+    let _ = writeln!(
+        out,
+        "log format: {}",
+        match log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    );
+    let l = &config.limits;
+    let _ = writeln!(
+        out,
+        "limits: handshake_timeout {}, max_sessions_per_partition {}, max_outstanding_connects {}",
+        humantime::format_duration(l.handshake_timeout),
+        l.max_sessions_per_partition,
+        l.max_outstanding_connects
+    );
+    let path = config.dirs.registry();
+    let (registry, note) = if path.exists() {
+        match Registry::open_read_only(&path) {
+            Ok(r) => (r, format!("registry: {} (read only)", path.display())),
+            Err(e) => {
+                print!("{out}");
+                eprintln!("hvsockd: --check: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match Registry::open_in_memory() {
+            Ok(r) => (
+                r,
+                format!(
+                    "registry: {} does not exist yet; a start creates it",
+                    path.display()
+                ),
+            ),
+            Err(e) => {
+                eprintln!("hvsockd: --check: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let _ = writeln!(out, "{note}");
+    match config.declared.plan(&registry) {
+        Ok((report, policy)) => {
+            let names = registry.export().ok();
+            let name = |id: hvsock::VmId| {
+                names
+                    .as_ref()
+                    .and_then(|d| {
+                        if id == d.root {
+                            return Some(hvsockd::registry::ROOT_NAME.to_owned());
+                        }
+                        d.partitions
+                            .iter()
+                            .find(|p| p.id == id)
+                            .map(|p| p.name.clone())
+                    })
+                    .unwrap_or_else(|| id.to_string())
+            };
+            let _ = writeln!(
+                out,
+                "default policy: {}",
+                config::describe_policy(&policy, name)
+            );
+            if report.changes.is_empty() {
+                let _ = writeln!(out, "registry changes at start: none");
+            } else {
+                let _ = writeln!(out, "registry changes at start:");
+                for change in &report.changes {
+                    let _ = writeln!(out, "  {change}");
+                }
+            }
+            let _ = writeln!(out, "ok");
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print!("{out}");
+            eprintln!("hvsockd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
-    let dirs = match Dirs::resolve(args.dir.as_deref()) {
-        Ok(dirs) => dirs,
+    let (config, log_format) = match configure(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("hvsockd: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut config = Config::new(dirs);
-    config.limits.handshake_timeout = args.handshake_timeout;
+    if args.check {
+        return check(&config, log_format, args.config.as_deref());
+    }
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

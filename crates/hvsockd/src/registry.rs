@@ -309,23 +309,82 @@ impl Registry {
             });
         }
         if version < 1 {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
-            tx.execute(
-                "INSERT INTO partitions (id, name, parent, kind, attachment, created_at)
-                 VALUES (?1, ?2, NULL, 'root', NULL, ?3)",
-                params![Guid::new_random().to_string(), ROOT_NAME, now()],
-            )
-            .map_err(open_err)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(open_err)?;
-            tx.commit().map_err(open_err)?;
+            Registry::create_schema(&mut conn, path)?;
         }
+        Registry::finish_open(conn, path)
+    }
+
+    /// Opens an existing registry without writing to it (for `hvsockd --check`).
+    pub fn open_read_only(path: &Path) -> Result<Registry> {
+        use rusqlite::OpenFlags;
+        let open_err = |source| RegistryError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(RegistryError::TooNew {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            return Err(RegistryError::Corrupt {
+                what: "schema version",
+                value: version.to_string(),
+            });
+        }
+        Registry::finish_open(conn, path)
+    }
+
+    /// A new, empty registry in memory (what a first start would create).
+    pub fn open_in_memory() -> Result<Registry> {
+        let path = Path::new(":memory:");
+        let open_err = |source| RegistryError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open_in_memory().map_err(open_err)?;
+        Registry::create_schema(&mut conn, path)?;
+        Registry::finish_open(conn, path)
+    }
+
+    fn create_schema(conn: &mut Connection, path: &Path) -> Result<()> {
+        let open_err = |source| RegistryError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let tx = conn.transaction().map_err(open_err)?;
+        tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
+        tx.execute(
+            "INSERT INTO partitions (id, name, parent, kind, attachment, created_at)
+             VALUES (?1, ?2, NULL, 'root', NULL, ?3)",
+            params![Guid::new_random().to_string(), ROOT_NAME, now()],
+        )
+        .map_err(open_err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
+        tx.commit().map_err(open_err)
+    }
+
+    fn finish_open(conn: Connection, path: &Path) -> Result<Registry> {
         let root: String = conn
             .query_row("SELECT id FROM partitions WHERE kind = 'root'", [], |row| {
                 row.get(0)
             })
-            .map_err(open_err)?;
+            .map_err(|source| RegistryError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let root = VmId(parse_guid("root partition id", &root)?);
         Ok(Registry {
             conn,
@@ -492,77 +551,91 @@ impl Registry {
         ))
     }
 
-    /// Renames a service. Renaming to its own name changes nothing; a name held by another
-    /// service is an error.
-    pub fn rename_service(&mut self, id: ServiceId, name: &str) -> Result<()> {
+    /// Changes a service in one transaction: its name (`None`: as it is; a name held by
+    /// another service is an error), enabled flag, and policy (`Some(None)` clears it, so that
+    /// the default applies; every partition a policy names must exist). Returns the service
+    /// as it is after.
+    pub fn update_service(
+        &mut self,
+        id: ServiceId,
+        name: Option<&str>,
+        enabled: Option<bool>,
+        policy: Option<Option<&Policy>>,
+    ) -> Result<ServiceRecord> {
         let tx = self
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        let other: Option<String> = tx
+        let row: Option<(String, bool, String, i64)> = tx
             .query_row(
-                "SELECT id FROM services WHERE name = ?1 AND id != ?2",
-                params![name, id.to_string()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("looking up a service"))?;
-        if let Some(other) = other {
-            return Err(RegistryError::NameTaken {
-                what: "service",
-                name: name.to_owned(),
-                id: parse_guid("service id", &other)?,
-            });
-        }
-        let changed = tx
-            .execute(
-                "UPDATE services SET name = ?2 WHERE id = ?1",
-                params![id.to_string(), name],
-            )
-            .map_err(sql("renaming a service"))?;
-        if changed == 0 {
-            return Err(RegistryError::NotFound {
-                what: "service",
-                key: id.to_string(),
-            });
-        }
-        tx.commit().map_err(sql("committing a rename"))
-    }
-
-    /// Sets (or with `None` clears) a service's own policy. Every partition it names must exist.
-    pub fn set_service_policy(&mut self, id: ServiceId, policy: Option<&Policy>) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(sql("starting a transaction"))?;
-        let name: Option<String> = tx
-            .query_row(
-                "SELECT name FROM services WHERE id = ?1",
+                "SELECT name, enabled, policy, created_at FROM services WHERE id = ?1",
                 [id.to_string()],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()
             .map_err(sql("looking up a service"))?;
-        let Some(name) = name else {
+        let Some((old_name, old_enabled, old_policy, created_at)) = row else {
             return Err(RegistryError::NotFound {
                 what: "service",
                 key: id.to_string(),
             });
         };
-        for partition in policy.iter().flat_map(|p| p.partitions()) {
-            if !partition_exists(&tx, partition)? {
-                return Err(RegistryError::UnknownPolicyPartition {
-                    service: name,
-                    id: partition,
+        let mut record = ServiceRecord {
+            id,
+            name: old_name,
+            enabled: old_enabled,
+            policy: policy_from_column(&old_policy)?,
+            created_at,
+        };
+        if let Some(name) = name {
+            let other: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM services WHERE name = ?1 AND id != ?2",
+                    params![name, id.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("looking up a service"))?;
+            if let Some(other) = other {
+                return Err(RegistryError::NameTaken {
+                    what: "service",
+                    name: name.to_owned(),
+                    id: parse_guid("service id", &other)?,
                 });
             }
+            record.name = name.to_owned();
+        }
+        if let Some(enabled) = enabled {
+            record.enabled = enabled;
+        }
+        if let Some(policy) = policy {
+            for partition in policy.iter().flat_map(|p| p.partitions()) {
+                if !partition_exists(&tx, partition)? {
+                    return Err(RegistryError::UnknownPolicyPartition {
+                        service: record.name,
+                        id: partition,
+                    });
+                }
+            }
+            record.policy = policy.cloned();
         }
         tx.execute(
-            "UPDATE services SET policy = ?2 WHERE id = ?1",
-            params![id.to_string(), policy_to_column(policy)],
+            "UPDATE services SET name = ?2, enabled = ?3, policy = ?4 WHERE id = ?1",
+            params![
+                id.to_string(),
+                record.name,
+                record.enabled,
+                policy_to_column(record.policy.as_ref())
+            ],
         )
-        .map_err(sql("setting a service policy"))?;
-        tx.commit().map_err(sql("committing a policy"))
+        .map_err(sql("updating a service"))?;
+        tx.commit().map_err(sql("committing a service update"))?;
+        Ok(record)
+    }
+
+    /// Sets (or with `None` clears) a service's own policy. Every partition it names must exist.
+    pub fn set_service_policy(&mut self, id: ServiceId, policy: Option<&Policy>) -> Result<()> {
+        self.update_service(id, None, None, Some(policy)).map(drop)
     }
 
     /// Enables or disables a service.
@@ -612,6 +685,7 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
+        #[allow(clippy::type_complexity)] // one row's columns, read once
         let existing: Option<(String, Option<String>, String, Option<String>, i64)> = tx
             .query_row(
                 "SELECT name, parent, kind, attachment, created_at FROM partitions WHERE id = ?1",

@@ -712,7 +712,8 @@ mod tests {
         let t = topo();
         let bound = [VmId::ZERO];
         // (policy connect list, connector, addressed vm, expected)
-        let rows: &[(Option<&[u8]>, u8, VmId, Result<u8, Refusal>)] = &[
+        type Row<'a> = (Option<&'a [u8]>, u8, VmId, Result<u8, Refusal>);
+        let rows: &[Row] = &[
             // no list: any partition
             (None, A, VmId::PARENT, Ok(ROOT)),
             (None, ROOT, id(B), Ok(B)),
@@ -802,7 +803,8 @@ mod tests {
     #[test]
     fn policy_bind_rules_every_row() {
         // (bind list, wildcard_bind, listener partition, pattern, expected)
-        let rows: &[(Option<&[u8]>, bool, u8, VmId, Result<(), PolicyRule>)] = &[
+        type Row<'a> = (Option<&'a [u8]>, bool, u8, VmId, Result<(), PolicyRule>);
+        let rows: &[Row] = &[
             // the default allows every bind
             (None, true, ROOT, VmId::ZERO, Ok(())),
             (None, true, A, VmId::CHILDREN, Ok(())),

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use hvsock::VmId;
 use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Declared};
 use crate::endpoint::{self, Endpoints};
 use crate::metrics::Metrics;
 use crate::registry::{PartitionKind, Registry, RegistryError};
@@ -60,6 +62,12 @@ pub struct Config {
     pub dirs: Dirs,
     /// Per-client limits.
     pub limits: Limits,
+    /// Services, partitions and the default policy that the configuration file declares,
+    /// ensured at start.
+    pub declared: Declared,
+    /// Also serve the admin API over TCP on this loopback address (for tests and tools that
+    /// speak HTTP over TCP only; off by default).
+    pub admin_tcp: Option<SocketAddr>,
 }
 
 impl Config {
@@ -68,6 +76,8 @@ impl Config {
         Config {
             dirs,
             limits: Limits::default(),
+            declared: Declared::default(),
+            admin_tcp: None,
         }
     }
 }
@@ -118,6 +128,14 @@ pub enum ServeError {
     /// The admin API failed.
     #[error("serving the admin API: {0}")]
     Admin(#[source] io::Error),
+    /// The configuration file's entries could not be applied.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The admin API's TCP address is not a loopback address.
+    #[error(
+        "--admin-tcp {0}: the admin API over TCP is only served on a loopback address (127.0.0.1 or [::1]), because it has no authentication"
+    )]
+    AdminTcpNotLoopback(SocketAddr),
 }
 
 /// What every task of hvsockd shares.
@@ -163,6 +181,7 @@ impl Ctx {
 pub struct Server {
     ctx: Arc<Ctx>,
     admin: tokio::net::UnixListener,
+    admin_tcp: Option<tokio::net::TcpListener>,
     _lock: File,
 }
 
@@ -219,8 +238,13 @@ impl Server {
         let lock = take_lock(&dirs)?;
         create_dir(&dirs.partitions(), 0o700)?;
         let _ = std::fs::set_permissions(dirs.partitions(), std::fs::Permissions::from_mode(0o700));
-        let registry = Registry::open(&dirs.registry())?;
-        let world = World::load(&registry)?;
+        let mut registry = Registry::open(&dirs.registry())?;
+        let (applied, default_policy) = config.declared.apply(&mut registry)?;
+        for change in &applied.changes {
+            tracing::info!(config = %config.declared.source.display(), "{change}");
+        }
+        let mut world = World::load(&registry)?;
+        world.set_default_policy(default_policy);
         let root = world.root();
         let sandboxes: Vec<VmId> = world
             .partitions()
@@ -246,6 +270,24 @@ impl Server {
         }
         let admin = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
             .map_err(socket_err("admin".into()))?;
+        let admin_tcp = match config.admin_tcp {
+            None => None,
+            Some(addr) if !addr.ip().is_loopback() => {
+                return Err(ServeError::AdminTcpNotLoopback(addr));
+            }
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(socket_err(format!("admin TCP ({addr})")))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(socket_err(format!("admin TCP ({addr})")))?;
+                tracing::warn!(
+                    "serving the admin API on http://{local} too, without authentication: for tests and tools only"
+                );
+                Some(listener)
+            }
+        };
         tracing::info!(
             dir = %dirs.run.display(), root = %root,
             "hvsockd ready: endpoint {}, admin API {}",
@@ -254,8 +296,14 @@ impl Server {
         Ok(Server {
             ctx,
             admin,
+            admin_tcp,
             _lock: lock,
         })
+    }
+
+    /// The admin API's TCP address, if it serves one.
+    pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
+        self.admin_tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared context (for in-process tests and tools).
@@ -267,9 +315,16 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let ctx = self.ctx.clone();
         let admin = crate::admin::serve(ctx.clone(), self.admin);
+        let admin_tcp = async {
+            match self.admin_tcp {
+                Some(listener) => crate::admin::serve_tcp(ctx.clone(), listener).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             () = shutdown => Ok(()),
             r = admin => r.map_err(ServeError::Admin),
+            r = admin_tcp => r.map_err(ServeError::Admin),
         };
         tracing::info!("hvsockd stopping");
         ctx.shutdown.cancel();

@@ -242,10 +242,17 @@ impl World {
         self.partitions.insert(p.id, p);
     }
 
-    /// Removes a partition; returns its listeners, which the caller closes.
+    /// Removes a partition, from the policies too (as the registry does); returns its
+    /// listeners, which the caller closes.
     pub fn remove_partition(&mut self, id: VmId) -> Vec<Arc<Listener>> {
         self.topo.remove(id);
         self.partitions.remove(&id);
+        for service in self.services.values_mut() {
+            if let Some(policy) = &mut service.policy {
+                *policy = policy.without(id);
+            }
+        }
+        self.default_policy = self.default_policy.without(id);
         let keys: Vec<_> = self
             .bindings
             .keys()

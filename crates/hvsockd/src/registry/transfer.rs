@@ -778,7 +778,8 @@ mod tests {
     fn invalid_documents_are_refused_with_the_reason() {
         let (_dir, reg) = populated();
         let good = reg.export().expect("export");
-        let cases: Vec<(Box<dyn Fn(&mut Export)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Export)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|d| d.version = 9), "version 9"),
             (
                 Box::new(|d| d.services[1].name = "echo".into()),
