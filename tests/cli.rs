@@ -854,16 +854,28 @@ fn stats_show_connection_counts_moving() {
         .collect();
     assert_eq!(
         lines[1],
-        ["PARTITION", "SERVICE", "ESTABLISHED", "REFUSED", "REASONS"]
-    );
-    assert!(
-        lines.contains(&vec!["a", "echo", "2", "0", "-"]),
-        "{text:?}"
+        [
+            "PARTITION",
+            "SERVICE",
+            "ESTABLISHED",
+            "REFUSED",
+            "REASONS",
+            "AVG(ms)",
+            "P99(ms)"
+        ]
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.len() == 5 && l[0] == "a" && l[3] == "1" && l[4].contains("=1")),
+            .any(|l| l.len() == 7 && l[..5] == ["a", "echo", "2", "0", "-"] && l[5] != "-"),
+        "{text:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.len() == 7
+            && l[0] == "a"
+            && l[3] == "1"
+            && l[4].contains("=1")
+            && l[5] == "-"),
         "{text:?}"
     );
     assert!(lines.contains(&vec!["host", "echo", "1"]), "{text:?}");

@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{Host, NewPartition, NewService, Partition, Service, Stats};
+use crate::api::{Host, ImportReport, NewPartition, NewService, Partition, Service, Stats};
 
 /// How long one request may take, connection included, when not set otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +96,7 @@ pub enum AdminError {
         timeout: Duration,
     },
     /// hvsockd answered with an error.
-    #[error("{message}")]
+    #[error("{message}{}", details.iter().map(|d| format!("\n  - {d}")).collect::<String>())]
     Api {
         /// The HTTP status.
         status: u16,
@@ -104,6 +104,8 @@ pub enum AdminError {
         code: String,
         /// What hvsockd says is wrong.
         message: String,
+        /// Details, one per line (an import's conflicts).
+        details: Vec<String>,
     },
     /// The answer is not what this CLI understands (a much older or newer hvsockd?).
     #[error(
@@ -244,6 +246,7 @@ impl AdminClient {
                             "hvsockd answered {status}: {}",
                             String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).trim()
                         ),
+                        details: Vec::new(),
                     }
                 }
             })?
@@ -257,10 +260,22 @@ impl AdminClient {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let details = json
+            .get("error")
+            .and_then(|e| e.get("details"))
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Err(AdminError::Api {
             status: status.as_u16(),
             code: field("code").unwrap_or_else(|| format!("http_{}", status.as_u16())),
             message: field("message").unwrap_or_else(|| format!("hvsockd answered {status}")),
+            details,
         })
     }
 
@@ -347,6 +362,11 @@ impl AdminClient {
         self.call::<()>(Method::DELETE, path, None).map(drop)
     }
 
+    /// `PATCH path` with `body` as JSON.
+    pub fn patch<B: Serialize>(&self, path: &str, body: &B) -> Result<Value, AdminError> {
+        self.call(Method::PATCH, path, Some(body))
+    }
+
     fn typed<T: DeserializeOwned>(&self, what: &str, json: Value) -> Result<Reply<T>, AdminError> {
         let value = serde_json::from_value(json.clone()).map_err(|e| AdminError::BadReply {
             what: what.to_owned(),
@@ -422,6 +442,48 @@ impl AdminClient {
     /// The counters.
     pub fn stats(&self) -> Result<Reply<Stats>, AdminError> {
         self.get_typed("/v1/stats")
+    }
+
+    /// Changes a service (`PATCH`, JSON merge patch: `name`, `enabled`, `policy`).
+    pub fn patch_service(&self, key: &str, patch: &Value) -> Result<Reply<Service>, AdminError> {
+        let path = format!("/v1/services/{}", segment(key));
+        let json = self.patch(&path, patch)?;
+        self.typed(&format!("PATCH {path}"), json)
+    }
+
+    /// Changes a partition (`PATCH`: `name`).
+    pub fn patch_partition(
+        &self,
+        key: &str,
+        patch: &Value,
+    ) -> Result<Reply<Partition>, AdminError> {
+        let path = format!("/v1/partitions/{}", segment(key));
+        let json = self.patch(&path, patch)?;
+        self.typed(&format!("PATCH {path}"), json)
+    }
+
+    /// The direct children of a partition.
+    pub fn children(&self, key: &str) -> Result<Reply<Vec<Partition>>, AdminError> {
+        self.get_typed(&format!("/v1/partitions/{}/children", segment(key)))
+    }
+
+    /// The registry as a document.
+    pub fn export(&self) -> Result<Value, AdminError> {
+        self.get("/v1/registry")
+    }
+
+    /// Imports a registry document; `replace` makes the registry equal to it, `dry_run`
+    /// changes nothing.
+    pub fn import(
+        &self,
+        doc: &Value,
+        replace: bool,
+        dry_run: bool,
+    ) -> Result<Reply<ImportReport>, AdminError> {
+        let mode = if replace { "replace" } else { "merge" };
+        let path = format!("/v1/registry?mode={mode}&dry_run={dry_run}");
+        let json = self.post(&path, Some(doc))?;
+        self.typed(&format!("POST {path}"), json)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin API's JSON objects as Rust types: what hvsockd answers (`Service`, `Partition`,
-//! `Host`, `Stats`) and what the CLI sends (`NewService`, `NewPartition`).
+//! `Host`, `Stats`, `ImportReport`) and what the CLI sends (`NewService`, `NewPartition`; the
+//! `PATCH` bodies are built as JSON, because merge patch tells `null` from absent).
 //!
 //! They mirror `hvsockd::admin`'s views. Reading is lenient (fields that a newer hvsockd adds
 //! are ignored, counters a older one lacks default to zero) so that the CLI and the daemon
@@ -30,6 +31,81 @@ pub struct Service {
     /// When it was registered, seconds since the Unix epoch.
     #[serde(default)]
     pub created_at: i64,
+    /// Its own policy; `None`: the default applies.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// The policy that applies (its own, else the default); `None` from an hvsockd without
+    /// policies.
+    #[serde(default)]
+    pub effective_policy: Option<Policy>,
+}
+
+/// A partition named in a policy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartitionRef {
+    /// Its VmId.
+    pub id: VmId,
+    /// Its name.
+    pub name: String,
+}
+
+/// A service's policy as hvsockd shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Policy {
+    /// Partitions that may connect across a boundary; `None`: any.
+    #[serde(default)]
+    pub connect: Option<Vec<PartitionRef>>,
+    /// Partitions that may bind the service; `None`: any.
+    #[serde(default)]
+    pub bind: Option<Vec<PartitionRef>>,
+    /// Whether wildcard (ZERO) binds are allowed.
+    #[serde(default = "yes")]
+    pub wildcard_bind: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How many entries of a kind an import touched.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Counts {
+    /// New.
+    #[serde(default)]
+    pub created: u64,
+    /// Changed.
+    #[serde(default)]
+    pub updated: u64,
+    /// As they were.
+    #[serde(default)]
+    pub unchanged: u64,
+    /// Removed.
+    #[serde(default)]
+    pub removed: u64,
+}
+
+/// What an import did (`POST /v1/registry`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImportReport {
+    /// `merge` or `replace`.
+    pub mode: String,
+    /// Whether nothing was written.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The root's id after.
+    pub root: VmId,
+    /// Whether the root took the document's id.
+    #[serde(default)]
+    pub root_adopted: bool,
+    /// Services.
+    #[serde(default)]
+    pub services: Counts,
+    /// Partitions.
+    #[serde(default)]
+    pub partitions: Counts,
+    /// One line per change.
+    #[serde(default)]
+    pub changes: Vec<String>,
 }
 
 /// A partition (`GET /v1/partitions/{id-or-name}`).
@@ -93,6 +169,9 @@ pub struct Stats {
     /// Bound listeners per partition and service.
     #[serde(default)]
     pub listeners: Vec<ListenerCount>,
+    /// Binds refused per partition and service, by reason.
+    #[serde(default)]
+    pub binds_refused: Vec<BindRefusals>,
     /// Clients dropped for breaking the protocol, by partition and reason.
     #[serde(default)]
     pub client_errors: BTreeMap<String, BTreeMap<String, u64>>,
@@ -108,6 +187,24 @@ pub struct ConnectStats {
     /// Connections established.
     #[serde(default)]
     pub established: u64,
+    /// Refusals by reason.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Mean connect latency in milliseconds.
+    #[serde(default)]
+    pub latency_avg_ms: Option<f64>,
+    /// Upper bound of the bucket holding the 99th percentile, in milliseconds.
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// Binds refused for one (partition, service) pair.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BindRefusals {
+    /// The binding partition's name.
+    pub partition: String,
+    /// The service's name, or `(unregistered)`.
+    pub service: String,
     /// Refusals by reason.
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,

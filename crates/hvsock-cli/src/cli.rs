@@ -73,8 +73,45 @@ pub enum Command {
     /// Print hvsockd's counters.
     ///
     /// Connections established and refused (by reason) per connecting partition and service,
-    /// bound listeners per partition and service, and clients dropped for protocol errors.
+    /// with their connect latency, bound listeners per partition and service, binds refused,
+    /// and clients dropped for protocol errors. The same counters are at hvsockd's `/metrics`
+    /// in Prometheus text.
     Stats(JsonFlag),
+    /// Export or import the whole registry (services, policies, partitions).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+/// `hvsock registry …`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Write the registry as JSON (stable order), to stdout or --output FILE.
+    Export {
+        /// Write to FILE (replaced atomically) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import a registry written by `hvsock registry export`, in one transaction.
+    ///
+    /// Merge (the default) adds what is new and sets `enabled` and the policy of services
+    /// already there; entries whose id or name clash are listed and nothing changes. A
+    /// registry that holds only its root adopts the file's root id. Importing the same file
+    /// twice changes nothing.
+    Import {
+        /// The file (`-` for stdin).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Make the registry equal to the file: remove what it does not name, adopt its root
+        /// id (clients of host.sock are disconnected if the id changes).
+        #[arg(long)]
+        replace: bool,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the API's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--json`.
@@ -136,7 +173,109 @@ pub enum ServiceCommand {
     /// Refuse connections across partitions to a service (loopback still works).
     Disable(KeyArg),
     /// Unregister a service.
-    Remove(KeyArg),
+    Remove(RemoveArgs),
+    /// Give a service a new friendly name (counters and listings show it at once).
+    Rename(RenameArgs),
+    /// Show a service's policy, or change it with the flags.
+    ///
+    /// The policy says which partitions may connect to the service across a partition
+    /// boundary (--connect), which may bind it (--bind), and whether it may be bound with the
+    /// wildcard (--wildcard-bind). Lists are partition names or ids, comma-separated; an empty
+    /// list allows none. Flags not given leave their rule as it is. Loopback is never
+    /// restricted.
+    Policy(PolicyArgs),
+}
+
+/// `ID|NAME` of an item to remove.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The GUID or the name.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// Exit 0 (with a note on stderr) if it does not exist, so that scripts can rerun.
+    #[arg(long)]
+    pub if_exists: bool,
+}
+
+/// `hvsock service rename ID|NAME NEW`.
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The GUID, the current name or the vsock port.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// The new name.
+    #[arg(value_name = "NEW", value_parser = parse_service_name)]
+    pub name: String,
+}
+
+/// `hvsock vm rename ID|NAME NEW`.
+#[derive(Debug, Args)]
+pub struct VmRenameArgs {
+    /// The VmId or the current name.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// The new name.
+    #[arg(value_name = "NEW", value_parser = parse_partition_name)]
+    pub name: String,
+}
+
+/// `hvsock service policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The service: GUID, name or vsock port.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// Only these partitions may connect across a boundary (comma-separated names or ids;
+    /// empty: none).
+    #[arg(long, value_name = "LIST", conflicts_with = "connect_any")]
+    pub connect: Option<String>,
+    /// Any partition may connect.
+    #[arg(long)]
+    pub connect_any: bool,
+    /// Only listeners in these partitions may serve it (comma-separated; empty: none).
+    #[arg(long, value_name = "LIST", conflicts_with = "bind_any")]
+    pub bind: Option<String>,
+    /// Listeners in any partition may serve it.
+    #[arg(long)]
+    pub bind_any: bool,
+    /// Whether it may be bound with the wildcard (zero) pattern.
+    #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
+    pub wildcard_bind: Option<bool>,
+    /// Drop the service's own policy, so that hvsockd's default policy applies.
+    #[arg(long, conflicts_with_all = ["connect", "connect_any", "bind", "bind_any", "wildcard_bind"])]
+    pub default: bool,
+    /// Print the service as the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PolicyArgs {
+    /// Whether any flag asks for a change.
+    pub fn changes(&self) -> bool {
+        self.connect.is_some()
+            || self.connect_any
+            || self.bind.is_some()
+            || self.bind_any
+            || self.wildcard_bind.is_some()
+            || self.default
+    }
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{s:?} is neither yes nor no")),
+    }
+}
+
+/// A comma-separated list of partitions; empty items are dropped, so `""` is the empty list.
+pub fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `hvsock vm …`.
@@ -162,7 +301,11 @@ pub enum VmCommand {
     /// Show one partition.
     Show(ShowArgs),
     /// Remove a partition (it must have no children), its endpoint and its listeners.
-    Remove(KeyArg),
+    Remove(RemoveArgs),
+    /// Give a partition a new name (not the root, `host`).
+    Rename(VmRenameArgs),
+    /// List a partition's direct children.
+    Children(ShowArgs),
 }
 
 /// An address as typed and as parsed.
@@ -302,11 +445,47 @@ mod tests {
             vec!["hvsock", "connect", "parent:99999999999"],
             vec!["hvsock", "connect", "--timeout", "0", "parent:1"],
             vec!["hvsock", "listen", "--max-connections", "5", "parent:1"],
+            vec!["hvsock", "service", "rename", "echo", "2761"],
+            vec!["hvsock", "vm", "rename", "a", "parent"],
+            vec![
+                "hvsock",
+                "service",
+                "policy",
+                "echo",
+                "--wildcard-bind",
+                "maybe",
+            ],
+            vec![
+                "hvsock",
+                "service",
+                "policy",
+                "echo",
+                "--connect",
+                "a",
+                "--connect-any",
+            ],
+            vec![
+                "hvsock",
+                "service",
+                "policy",
+                "echo",
+                "--default",
+                "--bind",
+                "a",
+            ],
+            vec!["hvsock", "registry", "import"],
             vec!["hvsock"],
         ] {
             let err = Cli::try_parse_from(&args).expect_err(&format!("{args:?}"));
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_empty_is_none() {
+        assert_eq!(split_list("a, b,,c"), ["a", "b", "c"]);
+        assert!(split_list("").is_empty());
+        assert!(split_list(" , ").is_empty());
     }
 
     #[test]

@@ -3,16 +3,22 @@
 //!
 //! ```text
 //! hvsock service add NAME [--id GUID | --port N] [--disabled]   # prints the service GUID
-//! hvsock service list | show ID|NAME | enable ID|NAME | disable ID|NAME | remove ID|NAME
+//! hvsock service list | show ID|NAME | enable ID|NAME | disable ID|NAME
+//! hvsock service remove [--if-exists] ID|NAME | rename ID|NAME NEW
+//! hvsock service policy ID|NAME [--connect LIST|--connect-any] [--bind LIST|--bind-any]
+//!                               [--wildcard-bind yes|no] [--default]
 //! hvsock vm add NAME [--id GUID] [--parent ID|NAME]             # prints the VmId
-//! hvsock vm list | show ID|NAME | remove ID|NAME
+//! hvsock vm list | show ID|NAME | children ID|NAME | rename ID|NAME NEW
+//! hvsock vm remove [--if-exists] ID|NAME
+//! hvsock registry export [--output FILE] | import FILE [--replace] [--dry-run]
 //! hvsock listen [--as VM] [--keep] ADDR
 //! hvsock connect [--as VM] [--timeout MS] ADDR
 //! hvsock addr ADDR
 //! hvsock stats
 //! ```
 //!
-//! Every command takes `--dir DIR`; list, show, addr and stats take `--json`. Exit status: 0
+//! Every command takes `--dir DIR`; list, show, children, policy, addr, stats and registry
+//! import take `--json`. Exit status: 0
 //! on success, 1 on failure (the reason on stderr as `hvsock: <doing>: <why>`), 2 for a
 //! malformed command line (clap's message). A closed stdout (`hvsock … | head`) ends the
 //! command quietly.

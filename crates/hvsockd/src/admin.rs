@@ -264,7 +264,12 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::InvalidImport(_) => (StatusCode::BAD_REQUEST, "invalid_registry"),
             RegistryError::Conflicts(list) => {
-                let mut err = ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string());
+                let message = format!(
+                    "the import clashes with the registry ({} conflict{}, listed in details); nothing was changed: use mode=replace to make the registry equal to the document, or fix the entries",
+                    list.len(),
+                    if list.len() == 1 { "" } else { "s" }
+                );
+                let mut err = ApiError::new(StatusCode::CONFLICT, "conflict", message);
                 err.details = list.clone();
                 return err;
             }

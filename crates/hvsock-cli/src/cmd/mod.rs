@@ -1,7 +1,8 @@
 //! One module per command group; [`run`] dispatches a parsed command line to them.
 //!
-//! - [`service`]: `hvsock service add|list|show|enable|disable|remove`
-//! - [`vm`]: `hvsock vm add|list|show|remove`
+//! - [`service`]: `hvsock service add|list|show|enable|disable|remove|rename|policy`
+//! - [`vm`]: `hvsock vm add|list|show|remove|rename|children`
+//! - [`registry`]: `hvsock registry export|import`
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats`
@@ -12,6 +13,7 @@
 
 pub mod addr;
 pub mod net;
+pub mod registry;
 pub mod service;
 pub mod stats;
 pub mod vm;
@@ -54,6 +56,15 @@ pub enum CliError {
     /// Writing the command's output failed.
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
+    /// Reading or writing a file the command was given failed.
+    #[error("{doing}: {source}")]
+    File {
+        /// What was being done (`reading backup.json`).
+        doing: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CliError {
@@ -93,6 +104,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Connect(args) => net::connect(&ctx, args),
         Command::Addr(args) => addr::run(&ctx, args, out),
         Command::Stats(args) => stats::run(&ctx, args.json, out),
+        Command::Registry(cmd) => registry::run(&ctx, cmd, out),
     }
 }
 

@@ -1,18 +1,21 @@
 //! `hvsock service …`: the registry's services, through the admin API.
 //!
 //! `add` prints the GUID alone (for `id=$(hvsock service add echo --port 2761)`); `list` is a
-//! table, `show` `key: value` lines, both `--json` for the API's objects; `enable`, `disable`
-//! and `remove` print one line saying what they did. An `ID` may also be a decimal vsock port,
-//! which stands for its template GUID.
+//! table, `show` `key: value` lines, both `--json` for the API's objects; `enable`, `disable`,
+//! `rename` and `remove` print one line saying what they did; `policy` shows the policy, after
+//! changing it when given flags. An `ID` may also be a decimal vsock port, which stands for its
+//! template GUID. `remove --if-exists` exits 0 with a note on stderr when there is nothing to
+//! remove, so that scripts can rerun.
 
 use std::io::Write;
 
 use hvsock::ServiceId;
+use serde_json::{Value, json};
 
 use super::{CliError, Doing, admin};
 use crate::admin_client::AdminClient;
-use crate::api::{NewService, Service};
-use crate::cli::ServiceCommand;
+use crate::api::{NewService, Policy, Service};
+use crate::cli::{PolicyArgs, ServiceCommand, split_list};
 use crate::context::Context;
 use crate::output::{Fields, Table, or_dash, timestamp, write_json, yes_no};
 
@@ -29,8 +32,42 @@ pub fn run(ctx: &Context, cmd: ServiceCommand, out: &mut dyn Write) -> Result<()
         ServiceCommand::Show(args) => show(ctx, &args.key, args.json, out),
         ServiceCommand::Enable(arg) => switch(ctx, &arg.key, true, out),
         ServiceCommand::Disable(arg) => switch(ctx, &arg.key, false, out),
-        ServiceCommand::Remove(arg) => remove(ctx, &arg.key, out),
+        ServiceCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
+        ServiceCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
+        ServiceCommand::Policy(args) => policy(ctx, args, out),
     }
+}
+
+/// A policy list for people: `any`, `none` or the names.
+pub fn policy_list(list: &Option<Vec<crate::api::PartitionRef>>) -> String {
+    match list {
+        None => "any".to_owned(),
+        Some(l) if l.is_empty() => "none".to_owned(),
+        Some(l) => l
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn policy_fields(fields: &mut Fields, s: &Service) {
+    let source = match (&s.policy, &s.effective_policy) {
+        (Some(_), _) => "its own",
+        (None, Some(_)) => "default",
+        (None, None) => "-",
+    };
+    fields.field("policy", source);
+    if let Some(p) = s.policy.as_ref().or(s.effective_policy.as_ref()) {
+        write_policy(fields, p);
+    }
+}
+
+fn write_policy(fields: &mut Fields, p: &Policy) {
+    fields
+        .field("connect", policy_list(&p.connect))
+        .field("bind", policy_list(&p.bind))
+        .field("wildcard", yes_no(p.wildcard_bind));
 }
 
 /// The API key of a service as typed: a decimal port stands for its template GUID (no
@@ -130,6 +167,7 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
         .field("vsock_port", or_dash(s.vsock_port))
         .field("listeners", s.listeners)
         .field("created", timestamp(s.created_at));
+    policy_fields(&mut fields, s);
     Ok(fields.write_to(out)?)
 }
 
@@ -149,18 +187,126 @@ fn switch(ctx: &Context, key: &str, enabled: bool, out: &mut dyn Write) -> Resul
     Ok(())
 }
 
-fn remove(ctx: &Context, key: &str, out: &mut dyn Write) -> Result<(), CliError> {
+fn remove(ctx: &Context, key: &str, if_exists: bool, out: &mut dyn Write) -> Result<(), CliError> {
     let doing = || format!("removing service {key:?}");
     let api = admin(ctx, doing)?;
-    let service = fetch(api, key, doing)?.value;
-    api.remove_service(&service.id.to_string()).doing(doing)?;
+    let service = match api.service(&service_key(key)) {
+        Ok(reply) => reply.value,
+        Err(e) if if_exists && e.is_not_found() => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "hvsock: service {key:?} is not registered; nothing to remove"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).doing(doing),
+    };
+    match api.remove_service(&service.id.to_string()) {
+        Ok(()) => {}
+        // Removed by someone else meanwhile: what was asked is done.
+        Err(e) if if_exists && e.is_not_found() => {}
+        Err(e) => return Err(e).doing(doing),
+    }
     writeln!(out, "service {} removed", label(&service))?;
     Ok(())
+}
+
+fn rename(ctx: &Context, key: &str, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || format!("renaming service {key:?} to {name:?}");
+    let api = admin(ctx, doing)?;
+    let reply = api
+        .patch_service(&service_key(key), &json!({ "name": name }))
+        .doing(doing)?;
+    writeln!(
+        out,
+        "service {} is now named {:?}",
+        reply.value.id, reply.value.name
+    )?;
+    Ok(())
+}
+
+/// The `policy` member of a `PATCH`, from the flags (JSON merge patch).
+fn policy_patch(args: &PolicyArgs) -> Value {
+    if args.default {
+        return Value::Null;
+    }
+    let mut patch = serde_json::Map::new();
+    if let Some(list) = &args.connect {
+        patch.insert("connect".into(), json!(split_list(list)));
+    }
+    if args.connect_any {
+        patch.insert("connect".into(), Value::Null);
+    }
+    if let Some(list) = &args.bind {
+        patch.insert("bind".into(), json!(split_list(list)));
+    }
+    if args.bind_any {
+        patch.insert("bind".into(), Value::Null);
+    }
+    if let Some(yes) = args.wildcard_bind {
+        patch.insert("wildcard_bind".into(), json!(yes));
+    }
+    Value::Object(patch)
+}
+
+fn policy(ctx: &Context, args: PolicyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let key = args.key.as_str();
+    let changing = args.changes();
+    let doing = || {
+        if changing {
+            format!("changing the policy of service {key:?}")
+        } else {
+            format!("showing the policy of service {key:?}")
+        }
+    };
+    let api = admin(ctx, doing)?;
+    let reply = if changing {
+        api.patch_service(&service_key(key), &json!({ "policy": policy_patch(&args) }))
+            .doing(doing)?
+    } else {
+        fetch(api, key, doing)?
+    };
+    if args.json {
+        return Ok(write_json(out, &reply.json)?);
+    }
+    let s = &reply.value;
+    let mut fields = Fields::new();
+    fields.field("service", label(s));
+    policy_fields(&mut fields, s);
+    Ok(fields.write_to(out)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(flags: &[&str]) -> PolicyArgs {
+        use clap::Parser;
+        let mut argv = vec!["hvsock", "service", "policy", "echo"];
+        argv.extend_from_slice(flags);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Service(ServiceCommand::Policy(args)) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn policy_flags_make_a_merge_patch() {
+        assert_eq!(
+            policy_patch(&args(&["--connect", "a,b", "--bind-any"])),
+            json!({"connect": ["a", "b"], "bind": null})
+        );
+        assert_eq!(
+            policy_patch(&args(&["--bind", "", "--wildcard-bind", "no"])),
+            json!({"bind": [], "wildcard_bind": false})
+        );
+        assert_eq!(policy_patch(&args(&["--default"])), Value::Null);
+        assert!(!args(&[]).changes());
+        assert!(args(&["--connect-any"]).changes());
+    }
 
     #[test]
     fn ports_stand_for_their_template_guid() {

@@ -3,16 +3,19 @@
 //!
 //! ```text
 //! CONNECTIONS
-//! PARTITION  SERVICE  ESTABLISHED  REFUSED  REASONS
-//! a          echo     3            1        denied=1
+//! PARTITION  SERVICE  ESTABLISHED  REFUSED  REASONS           AVG(ms)  P99(ms)
+//! a          echo     3            1        policy_connect=1  0.180    0.250
 //!
 //! LISTENERS
 //! PARTITION  SERVICE  LISTENERS
 //! host       echo     1
 //! ```
 //!
-//! A section with no rows says `(none)`; client errors (clients hvsockd dropped for breaking
-//! the protocol) get a third section only when there are some.
+//! PARTITION is the connecting partition. AVG is the mean time from the connect request to
+//! the connection; P99 the upper bound of the latency bucket that holds the 99th percentile
+//! (the buckets are `/metrics`'s `hvsock_connect_duration_seconds`). A section with no rows
+//! says `(none)`; binds refused and client errors (clients hvsockd dropped for breaking the
+//! protocol) get their sections only when there are some.
 
 use std::io::Write;
 
@@ -40,21 +43,38 @@ fn section(out: &mut dyn Write, title: &str, table: &Table) -> std::io::Result<(
     }
 }
 
+fn reasons(refused: &std::collections::BTreeMap<String, u64>) -> String {
+    if refused.is_empty() {
+        return "-".to_owned();
+    }
+    refused
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn write_tables(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
-    let mut conns = Table::new(["PARTITION", "SERVICE", "ESTABLISHED", "REFUSED", "REASONS"]);
+    let mut conns = Table::new([
+        "PARTITION",
+        "SERVICE",
+        "ESTABLISHED",
+        "REFUSED",
+        "REASONS",
+        "AVG(ms)",
+        "P99(ms)",
+    ]);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
     for c in &stats.connections {
         let refused: u64 = c.refused.values().sum();
-        let reasons: Vec<String> = c.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
         conns.row([
             c.partition.clone(),
             c.service.clone(),
             c.established.to_string(),
             refused.to_string(),
-            if reasons.is_empty() {
-                "-".to_owned()
-            } else {
-                reasons.join(",")
-            },
+            reasons(&c.refused),
+            ms(c.latency_avg_ms),
+            ms(c.latency_p99_ms),
         ]);
     }
     section(out, "CONNECTIONS", &conns)?;
@@ -68,6 +88,19 @@ fn write_tables(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
         ]);
     }
     section(out, "LISTENERS", &listeners)?;
+    if !stats.binds_refused.is_empty() {
+        writeln!(out)?;
+        let mut binds = Table::new(["PARTITION", "SERVICE", "REFUSED", "REASONS"]);
+        for b in &stats.binds_refused {
+            binds.row([
+                b.partition.clone(),
+                b.service.clone(),
+                b.refused.values().sum::<u64>().to_string(),
+                reasons(&b.refused),
+            ]);
+        }
+        section(out, "BINDS REFUSED", &binds)?;
+    }
     if !stats.client_errors.is_empty() {
         writeln!(out)?;
         let mut errors = Table::new(["PARTITION", "REASON", "COUNT"]);
@@ -89,8 +122,13 @@ mod tests {
     fn tables_from_the_api_object() {
         let stats: Stats = serde_json::from_str(
             r#"{"connections":[{"partition":"a","service":"echo","service_id":null,
-                 "established":3,"refused":{"denied":1,"refused":2}}],
-                "listeners":[],"client_errors":{"b":{"bad_frame":4}}}"#,
+                 "established":3,"refused":{"denied":1,"refused":2},
+                 "latency_avg_ms":0.1804,"latency_p99_ms":0.25},
+                 {"partition":"b","service":"echo","established":0,"refused":{"disabled":1},
+                 "latency_avg_ms":null,"latency_p99_ms":null}],
+                "listeners":[],
+                "binds_refused":[{"partition":"b","service":"echo","refused":{"policy_bind":2}}],
+                "client_errors":{"b":{"bad_frame":4}}}"#,
         )
         .expect("parses");
         let mut buf = Vec::new();
@@ -98,11 +136,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(buf).expect("utf-8"),
             "CONNECTIONS\n\
-             PARTITION  SERVICE  ESTABLISHED  REFUSED  REASONS\n\
-             a          echo     3            3        denied=1,refused=2\n\
+             PARTITION  SERVICE  ESTABLISHED  REFUSED  REASONS             AVG(ms)  P99(ms)\n\
+             a          echo     3            3        denied=1,refused=2  0.180    0.250\n\
+             b          echo     0            1        disabled=1          -        -\n\
              \n\
              LISTENERS\n\
              (none)\n\
+             \n\
+             BINDS REFUSED\n\
+             PARTITION  SERVICE  REFUSED  REASONS\n\
+             b          echo     2        policy_bind=2\n\
              \n\
              CLIENT ERRORS\n\
              PARTITION  REASON     COUNT\n\

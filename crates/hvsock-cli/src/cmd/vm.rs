@@ -1,11 +1,15 @@
 //! `hvsock vm …`: the partitions, through the admin API.
 //!
-//! `add` prints the VmId alone; `list` is a table (the root, `host`, first), `show` `key: value`
-//! lines, both `--json` for the API's objects; `remove` prints one line saying what it did.
+//! `add` prints the VmId alone; `list` and `children` are tables (`list` has the root, `host`,
+//! first), `show` `key: value` lines, all `--json` for the API's objects; `remove` and `rename`
+//! print one line saying what they did. `remove --if-exists` exits 0 with a note on stderr when
+//! there is nothing to remove.
 
 use std::io::Write;
 
 use hvsock::VmId;
+
+use serde_json::json;
 
 use super::{CliError, Doing, admin};
 use crate::api::{NewPartition, Partition};
@@ -19,7 +23,9 @@ pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), Cli
         VmCommand::Add { name, id, parent } => add(ctx, name, id, parent, out),
         VmCommand::List(flag) => list(ctx, flag.json, out),
         VmCommand::Show(args) => show(ctx, &args.key, args.json, out),
-        VmCommand::Remove(arg) => remove(ctx, &arg.key, out),
+        VmCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
+        VmCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
+        VmCommand::Children(args) => children(ctx, &args.key, args.json, out),
     }
 }
 
@@ -53,8 +59,21 @@ fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliError> 
     if json {
         return Ok(write_json(out, &reply.json)?);
     }
+    Ok(table(&reply.value).write_to(out)?)
+}
+
+fn children(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || format!("listing the children of partition {key:?}");
+    let reply = admin(ctx, doing)?.children(key).doing(doing)?;
+    if json {
+        return Ok(write_json(out, &reply.json)?);
+    }
+    Ok(table(&reply.value).write_to(out)?)
+}
+
+fn table(partitions: &[Partition]) -> Table {
     let mut table = Table::new(["NAME", "ID", "KIND", "PARENT", "SESSIONS", "LISTENERS"]);
-    for p in &reply.value {
+    for p in partitions {
         let parent = p
             .parent_name
             .clone()
@@ -68,7 +87,7 @@ fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliError> 
             p.listeners.to_string(),
         ]);
     }
-    Ok(table.write_to(out)?)
+    table
 }
 
 fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
@@ -105,12 +124,39 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
     Ok(fields.write_to(out)?)
 }
 
-fn remove(ctx: &Context, key: &str, out: &mut dyn Write) -> Result<(), CliError> {
+fn remove(ctx: &Context, key: &str, if_exists: bool, out: &mut dyn Write) -> Result<(), CliError> {
     let doing = || format!("removing partition {key:?}");
     let api = admin(ctx, doing)?;
-    let partition = api.partition(key).doing(doing)?.value;
-    api.remove_partition(&partition.id.to_string())
-        .doing(doing)?;
+    let partition = match api.partition(key) {
+        Ok(reply) => reply.value,
+        Err(e) if if_exists && e.is_not_found() => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "hvsock: partition {key:?} does not exist; nothing to remove"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).doing(doing),
+    };
+    match api.remove_partition(&partition.id.to_string()) {
+        Ok(()) => {}
+        Err(e) if if_exists && e.is_not_found() => {}
+        Err(e) => return Err(e).doing(doing),
+    }
     writeln!(out, "partition {} removed", label(&partition))?;
+    Ok(())
+}
+
+fn rename(ctx: &Context, key: &str, name: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || format!("renaming partition {key:?} to {name:?}");
+    let api = admin(ctx, doing)?;
+    let reply = api
+        .patch_partition(key, &json!({ "name": name }))
+        .doing(doing)?;
+    writeln!(
+        out,
+        "partition {} is now named {:?}",
+        reply.value.id, reply.value.name
+    )?;
     Ok(())
 }
