@@ -96,16 +96,14 @@ pub enum AdminError {
         timeout: Duration,
     },
     /// hvsockd answered with an error.
-    #[error("{message}{}", details.iter().map(|d| format!("\n  - {d}")).collect::<String>())]
+    #[error("{message}")]
     Api {
         /// The HTTP status.
         status: u16,
         /// The error code (`not_found`, `conflict`, …).
         code: String,
-        /// What hvsockd says is wrong.
+        /// What hvsockd says is wrong, and its details (an import's conflicts) one per line.
         message: String,
-        /// Details, one per line (an import's conflicts).
-        details: Vec<String>,
     },
     /// The answer is not what this CLI understands (a much older or newer hvsockd?).
     #[error(
@@ -246,7 +244,6 @@ impl AdminClient {
                             "hvsockd answered {status}: {}",
                             String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).trim()
                         ),
-                        details: Vec::new(),
                     }
                 }
             })?
@@ -260,22 +257,19 @@ impl AdminClient {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let mut message = field("message").unwrap_or_else(|| format!("hvsockd answered {status}"));
         let details = json
             .get("error")
             .and_then(|e| e.get("details"))
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+            .and_then(Value::as_array);
+        for detail in details.into_iter().flatten().filter_map(Value::as_str) {
+            message.push_str("\n  - ");
+            message.push_str(detail);
+        }
         Err(AdminError::Api {
             status: status.as_u16(),
             code: field("code").unwrap_or_else(|| format!("http_{}", status.as_u16())),
-            message: field("message").unwrap_or_else(|| format!("hvsockd answered {status}")),
-            details,
+            message,
         })
     }
 

@@ -42,9 +42,9 @@ pub enum ResolveError {
         what: &'static str,
         /// The name.
         name: String,
-        /// Why the API cannot be reached.
+        /// Why the API cannot be reached (boxed: keeps every `Result` of the CLI small).
         #[source]
-        source: AdminError,
+        source: Box<AdminError>,
     },
     /// The admin API answered a lookup with an error.
     #[error("resolving the {what} name {name:?}: {source}")]
@@ -53,9 +53,9 @@ pub enum ResolveError {
         what: &'static str,
         /// The name.
         name: String,
-        /// What hvsockd said.
+        /// What hvsockd said (boxed, as above).
         #[source]
-        source: AdminError,
+        source: Box<AdminError>,
     },
     /// `--as` was given a keyword.
     #[error(
@@ -107,13 +107,13 @@ fn lookup_error(what: &'static str, name: &str, e: AdminError) -> ResolveError {
         ResolveError::NeedsApi {
             what,
             name,
-            source: e,
+            source: Box::new(e),
         }
     } else {
         ResolveError::Lookup {
             what,
             name,
-            source: e,
+            source: Box::new(e),
         }
     }
 }
