@@ -443,7 +443,11 @@ fn policy_rules_end_to_end() {
             .unwrap_or_else(|| panic!("no row for {partition}: {stats}"))
     };
     // b is gone: its counters stay, under its id.
-    assert_eq!(row(&b.to_string())["refused"]["policy_connect"], 1, "{stats}");
+    assert_eq!(
+        row(&b.to_string())["refused"]["policy_connect"],
+        1,
+        "{stats}"
+    );
     assert_eq!(row("a")["refused"]["policy_wildcard_bind"], 1, "{stats}");
     let binds = stats["binds_refused"].as_array().unwrap();
     assert!(
@@ -860,7 +864,13 @@ fn the_api_serves_its_openapi_document_and_answers_errors_as_json() {
         ("GET", "/v2/nothing", None, 404, "no_route"),
         ("PUT", "/v1/services", None, 405, "method_not_allowed"),
         ("GET", "/v1/services/%FF%FE", None, 400, "invalid_request"),
-        ("POST", "/v1/registry?mode=sideways", Some("{}"), 400, "invalid_request"),
+        (
+            "POST",
+            "/v1/registry?mode=sideways",
+            Some("{}"),
+            400,
+            "invalid_request",
+        ),
         ("POST", "/v1/services", Some("{"), 400, "invalid_json"),
     ] {
         let (got, body) = d.api(method, path, body);

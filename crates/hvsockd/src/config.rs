@@ -547,6 +547,14 @@ impl Declared {
     /// What [`Declared::apply`] would do to `registry`, changing nothing. The default policy
     /// is resolved against the registry as it would be.
     pub fn plan(&self, registry: &Registry) -> Result<(ImportReport, Policy), ConfigError> {
+        self.plan_with_doc(registry)
+            .map(|(report, policy, _)| (report, policy))
+    }
+
+    fn plan_with_doc(
+        &self,
+        registry: &Registry,
+    ) -> Result<(ImportReport, Policy, Export), ConfigError> {
         let doc = self.resolve(registry)?;
         let report = registry
             .import_dry_run(&doc, ImportMode::Merge)
@@ -560,7 +568,7 @@ impl Declared {
                 )
             })?,
         };
-        Ok((report, policy))
+        Ok((report, policy, doc))
     }
 }
 
@@ -609,7 +617,71 @@ fn resolve_policy(doc: &Export, entry: &PolicyEntry) -> Result<Policy, String> {
     })
 }
 
-/// A policy for people, partitions by name from `registry`'s world.
+/// `hvsockd --check`: the report of what a start with `config` would use and apply (for
+/// stdout), and whether it can start. Opens the registry read-only, or plans against an empty
+/// one when there is none yet; writes nothing.
+pub fn check(
+    config: &crate::Config,
+    log_format: &str,
+    source: Option<&Path>,
+) -> (String, Result<(), String>) {
+    let mut out = String::new();
+    let source = source.map_or("(none: defaults and flags)".to_owned(), |p| {
+        p.display().to_string()
+    });
+    let l = &config.limits;
+    let _ = writeln!(out, "config: {source}");
+    let _ = writeln!(out, "state dir: {}", config.dirs.state.display());
+    let _ = writeln!(out, "run dir: {}", config.dirs.run.display());
+    let _ = writeln!(out, "log format: {log_format}");
+    let _ = writeln!(
+        out,
+        "limits: handshake_timeout {}, max_sessions_per_partition {}, max_outstanding_connects {}",
+        humantime::format_duration(l.handshake_timeout),
+        l.max_sessions_per_partition,
+        l.max_outstanding_connects
+    );
+    let path = config.dirs.registry();
+    let opened = if path.exists() {
+        Registry::open_read_only(&path)
+            .map(|r| (r, format!("registry: {} (read only)", path.display())))
+    } else {
+        Registry::open_in_memory().map(|r| {
+            (
+                r,
+                format!(
+                    "registry: {} does not exist yet; a start creates it",
+                    path.display()
+                ),
+            )
+        })
+    };
+    let registry = match opened {
+        Ok((registry, note)) => {
+            let _ = writeln!(out, "{note}");
+            registry
+        }
+        Err(e) => return (out, Err(e.to_string())),
+    };
+    let (report, policy, doc) = match config.declared.plan_with_doc(&registry) {
+        Ok(planned) => planned,
+        Err(e) => return (out, Err(e.to_string())),
+    };
+    let name = |id: VmId| partition_name(&doc, id);
+    let _ = writeln!(out, "default policy: {}", describe_policy(&policy, name));
+    if report.changes.is_empty() {
+        let _ = writeln!(out, "registry changes at start: none");
+    } else {
+        let _ = writeln!(out, "registry changes at start:");
+        for change in &report.changes {
+            let _ = writeln!(out, "  {change}");
+        }
+    }
+    let _ = writeln!(out, "ok");
+    (out, Ok(()))
+}
+
+/// A policy for people, partitions named by `name`.
 pub fn describe_policy(policy: &Policy, name: impl Fn(VmId) -> String) -> String {
     let list = |l: &Option<Vec<VmId>>| match l {
         None => "any".to_owned(),
@@ -814,5 +886,29 @@ connect = ["web", "host"]
             text.contains("registered under host, the file puts it under a"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn check_reports_the_plan_with_names_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "[[partition]]\nname = \"w\"\n[default_policy]\nconnect = [\"w\", \"host\"]\n";
+        let loaded = parse(text).expect("parses");
+        let mut config = crate::Config::new(Dirs::under(dir.path().join("hv")));
+        config.declared = loaded.declared;
+        let (report, result) = check(&config, "text", Some(Path::new("test.toml")));
+        assert_eq!(result, Ok(()), "{report}");
+        assert!(
+            report.contains("default policy: connect [w, host]; bind any; wildcard_bind yes\n"),
+            "{report}"
+        );
+        assert!(report.contains("  partition \"w\" created\n"), "{report}");
+        assert!(report.ends_with("ok\n"), "{report}");
+        assert!(!dir.path().join("hv").exists());
+        config.declared.default_policy = Some(PolicyEntry {
+            bind: Some(vec!["nope".into()]),
+            ..PolicyEntry::default()
+        });
+        let (_, result) = check(&config, "text", None);
+        assert!(result.expect_err("unknown").contains("\"nope\""));
     }
 }

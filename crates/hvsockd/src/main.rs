@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::Parser;
 use hvsock::dirs::Dirs;
 use hvsockd::config::{self, Loaded};
-use hvsockd::registry::Registry;
 use hvsockd::{Config, Server};
 
 /// The hvsock provider: routes Hyper-V socket connections between the host, its sandboxes
@@ -139,103 +138,6 @@ fn configure(args: &Args) -> Result<(Config, LogFormat), String> {
     Ok((config, log_format))
 }
 
-/// `--check`: what a start would do, written to stdout.
-fn check(config: &Config, log_format: LogFormat, source: Option<&std::path::Path>) -> ExitCode {
-    let mut out = String::new();
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "config: {}",
-        source.map_or("(none: defaults and flags)".to_owned(), |p| p
-            .display()
-            .to_string())
-    );
-    let _ = writeln!(out, "state dir: {}", config.dirs.state.display());
-    let _ = writeln!(out, "run dir: {}", config.dirs.run.display());
-    let _ = writeln!(
-        out,
-        "log format: {}",
-        match log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    );
-    let l = &config.limits;
-    let _ = writeln!(
-        out,
-        "limits: handshake_timeout {}, max_sessions_per_partition {}, max_outstanding_connects {}",
-        humantime::format_duration(l.handshake_timeout),
-        l.max_sessions_per_partition,
-        l.max_outstanding_connects
-    );
-    let path = config.dirs.registry();
-    let (registry, note) = if path.exists() {
-        match Registry::open_read_only(&path) {
-            Ok(r) => (r, format!("registry: {} (read only)", path.display())),
-            Err(e) => {
-                print!("{out}");
-                eprintln!("hvsockd: --check: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        match Registry::open_in_memory() {
-            Ok(r) => (
-                r,
-                format!(
-                    "registry: {} does not exist yet; a start creates it",
-                    path.display()
-                ),
-            ),
-            Err(e) => {
-                eprintln!("hvsockd: --check: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
-    let _ = writeln!(out, "{note}");
-    match config.declared.plan(&registry) {
-        Ok((report, policy)) => {
-            let names = registry.export().ok();
-            let name = |id: hvsock::VmId| {
-                names
-                    .as_ref()
-                    .and_then(|d| {
-                        if id == d.root {
-                            return Some(hvsockd::registry::ROOT_NAME.to_owned());
-                        }
-                        d.partitions
-                            .iter()
-                            .find(|p| p.id == id)
-                            .map(|p| p.name.clone())
-                    })
-                    .unwrap_or_else(|| id.to_string())
-            };
-            let _ = writeln!(
-                out,
-                "default policy: {}",
-                config::describe_policy(&policy, name)
-            );
-            if report.changes.is_empty() {
-                let _ = writeln!(out, "registry changes at start: none");
-            } else {
-                let _ = writeln!(out, "registry changes at start:");
-                for change in &report.changes {
-                    let _ = writeln!(out, "  {change}");
-                }
-            }
-            let _ = writeln!(out, "ok");
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            print!("{out}");
-            eprintln!("hvsockd: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let (config, log_format) = match configure(&args) {
@@ -246,7 +148,19 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        return check(&config, log_format, args.config.as_deref());
+        let format = match log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let (report, result) = config::check(&config, format, args.config.as_deref());
+        print!("{report}");
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hvsockd: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
