@@ -1001,4 +1001,68 @@ mod tests {
         let err = Registry::open(&path).expect_err("too new");
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
+
+    #[test]
+    fn a_v1_registry_reads_its_default_policy_column_as_no_policy() {
+        // Rows written before policies existed hold the column's default, '{}'.
+        let (_dir, mut reg) = open();
+        reg.conn
+            .execute(
+                "INSERT INTO services (id, name, enabled, created_at) VALUES (?1, 'old', 1, 0)",
+                [ServiceId::from_vsock_port(1).to_string()],
+            )
+            .expect("insert as v1 did");
+        let old = &reg.services().expect("list")[0];
+        assert_eq!(old.policy, None);
+        // An own policy that allows everything is not "no policy", and survives a round trip.
+        let all = Policy::default();
+        reg.set_service_policy(old.id, Some(&all)).expect("set");
+        assert_eq!(reg.services().expect("list")[0].policy, Some(all));
+        reg.set_service_policy(old.id, None).expect("clear");
+        assert_eq!(reg.services().expect("list")[0].policy, None);
+        // A column hvsockd cannot read is reported, not guessed.
+        reg.conn
+            .execute("UPDATE services SET policy = '{\"conect\":[]}'", [])
+            .expect("corrupt");
+        let err = reg.services().expect_err("corrupt");
+        assert!(
+            err.to_string().contains("unreadable service policy"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn update_service_is_one_transaction() {
+        let (_dir, mut reg) = open();
+        let a = ServiceId::from_vsock_port(1);
+        reg.add_service(a, "a", true).expect("a");
+        reg.add_service(ServiceId::from_vsock_port(2), "b", true)
+            .expect("b");
+        let policy = Policy {
+            connect: Some(vec![reg.root()]),
+            ..Policy::default()
+        };
+        // The rename clashes: neither the switch nor the policy happen.
+        let err = reg
+            .update_service(a, Some("b"), Some(false), Some(Some(&policy)))
+            .expect_err("name taken");
+        assert!(matches!(err, RegistryError::NameTaken { .. }), "{err}");
+        let unknown = Policy {
+            bind: Some(vec![VmId(Guid::new_random())]),
+            ..Policy::default()
+        };
+        let err = reg
+            .update_service(a, Some("c"), None, Some(Some(&unknown)))
+            .expect_err("unknown partition");
+        assert!(
+            matches!(err, RegistryError::UnknownPolicyPartition { .. }),
+            "{err}"
+        );
+        let s = reg.service(a).expect("read").expect("a");
+        assert_eq!((s.name.as_str(), s.enabled, s.policy), ("a", true, None));
+        let s = reg
+            .update_service(a, Some("c"), Some(false), Some(Some(&policy)))
+            .expect("update");
+        assert_eq!(reg.service(a).expect("read"), Some(s));
+    }
 }
