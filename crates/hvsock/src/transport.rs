@@ -62,10 +62,21 @@ impl Transport {
     }
 
     pub(crate) fn unsupported(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("the {self:?} transport is not available on this platform"),
-        )
+        let why = match self {
+            Transport::Provider(_) => {
+                "the provider transport (hvsockd) needs Unix sockets and descriptor passing, so \
+                 it is Unix-only; on Windows use the hyperv transport (the default there)"
+            }
+            Transport::Vsock => {
+                "the vsock transport is AF_VSOCK inside a Linux guest; on Windows use the \
+                 hyperv transport (the default there)"
+            }
+            Transport::HyperV => {
+                "the hyperv transport is Windows' AF_HYPERV; on Linux use the provider \
+                 (hvsockd) or, inside a guest, vsock (HVSOCK_TRANSPORT=vsock)"
+            }
+        };
+        io::Error::new(io::ErrorKind::Unsupported, why)
     }
 }
 
