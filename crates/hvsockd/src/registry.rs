@@ -465,6 +465,7 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
+        #[allow(clippy::type_complexity)] // one row: name, parent, kind, attachment, created_at
         let existing: Option<(String, Option<String>, String, Option<String>, i64)> = tx
             .query_row(
                 "SELECT name, parent, kind, attachment, created_at FROM partitions WHERE id = ?1",
