@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Type-checks what must build on Windows for x86_64-pc-windows-gnu, without a Windows machine:
 # the hvsock library with every feature (its AF_HYPERV transport, the tokio types on Windows,
-# and the Windows-only tests) and the hvsock CLI. `cargo check` (the contract), then clippy
-# with warnings as errors, so that code behind cfg(windows) stays as clean as the rest.
+# and the Windows-only tests), the hvsock CLI, and the examples (docs/windows.md runs them).
+# `cargo check` (the contract), then clippy with warnings as errors, so that code behind
+# cfg(windows) stays as clean as the rest.
 #
 # Adds the target with rustup (idempotent). Where it cannot be added (no rustup, no network,
 # a toolchain without that target), it says so and skips: exit 0, not a failure.
@@ -27,5 +28,7 @@ fi
 
 packages=(-p hvsock -p hvsock-cli)
 cargo check --target "$target" --locked "${packages[@]}" --all-features --all-targets
+cargo check --target "$target" --locked -p hvsock-e2e --examples
 cargo clippy --target "$target" --locked "${packages[@]}" --all-features --all-targets -- -D warnings
-echo "check-windows: $target type-checks (hvsock with every feature, hvsock-cli)" >&2
+cargo clippy --target "$target" --locked -p hvsock-e2e --examples -- -D warnings
+echo "check-windows: $target type-checks (hvsock with every feature, hvsock-cli, the examples)" >&2

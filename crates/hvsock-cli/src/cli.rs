@@ -144,7 +144,7 @@ pub enum ServiceCommand {
 pub enum VmCommand {
     /// Add a sandbox partition and print its VmId.
     ///
-    /// hvsockd opens its endpoint socket at DIR/partitions/<vmid>.sock, to be bind-mounted
+    /// hvsockd opens its endpoint socket at `DIR/partitions/<vmid>.sock`, to be bind-mounted
     /// into the sandbox. Adding the same name and VmId again succeeds and changes nothing.
     Add {
         /// Its name.

@@ -39,6 +39,8 @@ impl Transport {
         let chosen = std::env::var(ENV_TRANSPORT).unwrap_or_default();
         match chosen.trim().to_ascii_lowercase().as_str() {
             "" if cfg!(windows) => Ok(Transport::HyperV),
+            // Say so now, rather than fail to locate hvsockd's directories.
+            "provider" if cfg!(windows) => Err(Transport::Provider(PathBuf::new()).unsupported()),
             "" | "provider" => Ok(Transport::Provider(default_endpoint()?)),
             "vsock" => Ok(Transport::Vsock),
             "hyperv" => Ok(Transport::HyperV),

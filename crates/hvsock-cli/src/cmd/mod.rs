@@ -34,7 +34,7 @@ pub enum CliError {
         doing: String,
         /// Why it failed.
         #[source]
-        source: AdminError,
+        source: Box<AdminError>,
     },
     /// An address or partition could not be resolved.
     #[error(transparent)]
@@ -54,6 +54,18 @@ pub enum CliError {
     /// Writing the command's output failed.
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
+    /// The Hyper-V registry (Windows) refused or failed.
+    #[cfg(any(windows, test))]
+    #[error(transparent)]
+    Registry(#[from] crate::hyperv_registry::RegistryError),
+    /// A command or option that has no meaning on this platform.
+    #[error("{what} is not available on {}: {why}", std::env::consts::OS)]
+    Unsupported {
+        /// The command or option.
+        what: &'static str,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
 }
 
 impl CliError {
@@ -78,12 +90,13 @@ impl<T> Doing<T> for Result<T, AdminError> {
     fn doing(self, doing: impl FnOnce() -> String) -> Result<T, CliError> {
         self.map_err(|source| CliError::Admin {
             doing: doing(),
-            source,
+            source: Box::new(source),
         })
     }
 }
 
 /// Runs the command, writing its output to `out`.
+#[cfg(not(windows))]
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let ctx = Context::new(cli.dir);
     match cli.command {
@@ -96,10 +109,48 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
+/// Why `--as` means nothing on Windows.
+#[cfg(windows)]
+const AS_VM: &str = "it acts through an hvsockd partition endpoint; on Windows a program acts \
+     from the partition it runs in (run hvsock inside the VM to act from the VM)";
+
+/// Runs the command on Windows, where Hyper-V is the provider: services are in its registry,
+/// connections are `AF_HYPERV`, and hvsockd's commands are errors that say why.
+#[cfg(windows)]
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::hyperv_registry::unsupported;
+    if cli.dir.is_some() {
+        return Err(unsupported(
+            "--dir",
+            "it names an hvsockd directory, and hvsockd runs on Linux; on Windows services are \
+             in the Hyper-V registry and connections use AF_HYPERV (a script for both platforms \
+             can set HVSOCK_DIR for Linux instead)",
+        ));
+    }
+    let ctx = Context::new(None);
+    match cli.command {
+        Command::Service(cmd) => crate::hyperv_registry::run(cmd, out),
+        Command::Vm(_) => Err(unsupported(
+            "`hvsock vm`",
+            "it manages hvsockd's partitions; on Windows VMs are Hyper-V's (Hyper-V Manager, or \
+             PowerShell: Get-VM; a VM's VmId is (Get-VM NAME).Id)",
+        )),
+        Command::Listen(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
+        Command::Connect(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
+        Command::Listen(args) => net::listen(&ctx, args),
+        Command::Connect(args) => net::connect(&ctx, args),
+        Command::Addr(args) => addr::run(&ctx, args, out),
+        Command::Stats(_) => Err(unsupported(
+            "`hvsock stats`",
+            "it reads hvsockd's counters, and there is no hvsockd on Windows",
+        )),
+    }
+}
+
 /// An admin API client, or the error of not having one, said as `doing`.
-pub fn admin<'a>(
-    ctx: &'a Context,
+pub fn admin(
+    ctx: &Context,
     doing: impl FnOnce() -> String,
-) -> Result<&'a crate::admin_client::AdminClient, CliError> {
+) -> Result<&crate::admin_client::AdminClient, CliError> {
     ctx.admin().doing(doing)
 }
