@@ -3,11 +3,16 @@
 //! # Running it
 //!
 //! ```text
-//! cargo bench --bench compare                 # full run: 11 repetitions, a minute or two
-//! cargo bench --bench compare -- --quick      # CI smoke: 3 short repetitions, a few seconds
-//! cargo bench --bench compare -- --json       # the same numbers as one JSON document on stdout
-//! cargo bench --bench compare -- --reps 21    # more repetitions (full sizes)
+//! cargo bench --bench compare                  # full run: 21 repetitions, about a minute
+//! cargo bench --bench compare -- --quick       # CI smoke: 3 short repetitions, a few seconds
+//! cargo bench --bench compare -- --json        # the same numbers as one JSON document on stdout
+//! cargo bench --bench compare -- --reps 41     # more repetitions (full sizes)
+//! cargo bench --bench compare -- --only setup  # one bench (bulk, pingpong, setup); repeatable
+//! cargo bench --bench compare -- --sched       # also CPU time and wake-ups per operation
 //! ```
+//!
+//! Progress goes to stderr, the table (or JSON) to stdout. The times above exclude building:
+//! the first run compiles hvsockd in release mode.
 //!
 //! The bench builds `hvsockd` with its own profile (release, through `tests/support`, as the
 //! end-to-end tests do), starts it on a temp dir, registers a service, adds a sandbox partition,
@@ -46,12 +51,17 @@
 //! over one persistent control connection measured about 0.64× a plain Unix connect on a 2-vCPU
 //! machine.
 //!
+//! With `--sched` (and always in the JSON, under `per_op`) each variant also shows, per
+//! operation (a MiB, a round trip, a connection), the CPU time and the voluntary context
+//! switches (times a process went to sleep and had to be woken) of this process, the peer and
+//! hvsockd, summed over all their threads from `/proc/PID/task/*/{schedstat,status}` around
+//! each sample. They explain a ratio: on a VM, connection set-up is bounded by wake-ups and
+//! by the CPU the three processes burn between them.
+//!
 //! The machine is shared and noisy: trust ratios measured in one run, not absolute numbers
 //! across runs, and look at min/max before believing a difference of a few percent. Processes
 //! are not pinned, so ping-pong round trips are a mix of same-vCPU (~10 µs) and cross-vCPU
 //! (~60 µs) wake-ups; compare its variants only to each other.
-
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -115,7 +125,8 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--json] [--reps N]
+const USAGE: &str =
+    "usage: cargo bench --bench compare -- [--quick] [--json] [--reps N] [--only B] [--sched]
   --quick   3 short repetitions (CI smoke)
   --json    print the results as JSON on stdout instead of a table
   --reps N  number of measured repetitions (default 21, quick 3)
