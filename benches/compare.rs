@@ -47,7 +47,11 @@
 //!
 //! What to expect (see `notes/perf-baseline.md`): after set-up an hvsock connection *is* a kernel
 //! Unix socket pair, so `bulk` and `pingpong` should be at 1.00× within noise (DESIGN.md promises
-//! throughput within 5% of the socketpair). `setup` pays round trips through hvsockd; a broker
+//! throughput within 5% of the socketpair). `bulk` over `unix` is the in-run control: it is the
+//! same kernel object as `socketpair`, so its distance from 1.00× shows what noise alone does in
+//! this run; the last lines of the table judge hvsock against it. Single bulk samples on a
+//! loaded 2-vCPU VM spread from 2 to 8 GB/s; to settle the 5% question use
+//! `--only bulk --reps 61` (about 40 s). `setup` pays round trips through hvsockd; a broker
 //! over one persistent control connection measured about 0.64× a plain Unix connect on a 2-vCPU
 //! machine.
 //!
@@ -1184,12 +1188,7 @@ impl Report<'_> {
             }
         }
         if self.results.kinds.contains(&Kind::Bulk) {
-            let (bulk, _) = self.results.ratio(Kind::Bulk, Variant::Hvsock);
-            let verdict = if bulk >= 0.95 { "within" } else { "NOT within" };
-            let _ = writeln!(
-                out,
-                "bulk: hvsock/socketpair {bulk:.3}×, {verdict} the 5% DESIGN.md promises"
-            );
+            let _ = writeln!(out, "bulk: {}", self.bulk_verdict());
         }
         if self.results.kinds.contains(&Kind::Setup) {
             let (setup, _) = self.results.ratio(Kind::Setup, Variant::Hvsock);
@@ -1199,6 +1198,24 @@ impl Report<'_> {
             );
         }
         out
+    }
+
+    /// Whether bulk hvsock is within the 5% of the socketpair that DESIGN.md promises, judged
+    /// against the in-run control: `unix` is the same kernel object as `socketpair`, so its
+    /// distance from 1.00× is what noise alone does in this run.
+    fn bulk_verdict(&self) -> String {
+        let (hv, hv_paired) = self.results.ratio(Kind::Bulk, Variant::Hvsock);
+        let (unix, unix_paired) = self.results.ratio(Kind::Bulk, Variant::Unix);
+        let verdict = if hv >= 0.95 || hv_paired >= 0.95 {
+            "within the 5% DESIGN.md promises"
+        } else if (1.0 - hv) <= (1.0 - unix).abs() + 0.01 {
+            "below 0.95×, but no further from 1.00× than the control: noise, rerun with --only bulk --reps 61"
+        } else {
+            "NOT within the 5% DESIGN.md promises"
+        };
+        format!(
+            "hvsock/socketpair {hv:.3}× (paired {hv_paired:.3}×), control unix/socketpair {unix:.3}× (paired {unix_paired:.3}×): {verdict}"
+        )
     }
 
     fn json(&self) -> String {
@@ -1232,7 +1249,7 @@ impl Report<'_> {
                 results.push(row);
             }
         }
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "mode": self.mode,
             "repetitions": self.sizes.reps,
             "bulk_bytes": self.sizes.bulk_bytes,
@@ -1244,6 +1261,9 @@ impl Report<'_> {
             "seconds": self.elapsed.as_secs_f64(),
             "results": results,
         });
+        if self.results.kinds.contains(&Kind::Bulk) {
+            doc["bulk_verdict"] = self.bulk_verdict().into();
+        }
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
