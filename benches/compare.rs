@@ -62,6 +62,12 @@
 //! each sample. They explain a ratio: on a VM, connection set-up is bounded by wake-ups and
 //! by the CPU the three processes burn between them.
 //!
+//! The `setup` ratio depends on where the scheduler puts three processes on two vCPUs. Measured
+//! with `taskset` on the development VM: all on one vCPU, plain 35k/s and hvsock 17k/s (0.47×,
+//! pure CPU cost: hvsockd's share is about half of hvsock's); this process and the peer on
+//! different vCPUs, 5.8k/s and 5.1k/s (0.88×, cross-vCPU wake-ups dominate both); unpinned,
+//! which lets a plain connect keep both ends on one vCPU, 0.41–0.57×.
+//!
 //! The machine is shared and noisy: trust ratios measured in one run, not absolute numbers
 //! across runs, and look at min/max before believing a difference of a few percent. Processes
 //! are not pinned, so ping-pong round trips are a mix of same-vCPU (~10 µs) and cross-vCPU
