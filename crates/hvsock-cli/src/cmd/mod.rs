@@ -5,12 +5,14 @@
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats`
+//! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
 //! a [`CliError`] on failure; they never print errors themselves, so that every failure looks
 //! the same (`hvsock: <what was being done>: <why>`, exit 1).
 
 pub mod addr;
+pub mod generate;
 pub mod net;
 pub mod service;
 pub mod stats;
@@ -54,6 +56,17 @@ pub enum CliError {
     /// Writing the command's output failed.
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
+    /// Writing a file failed.
+    #[error("{doing} {}: {source}", path.display())]
+    File {
+        /// What was being done (`writing the manual page`).
+        doing: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CliError {
@@ -93,13 +106,15 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Connect(args) => net::connect(&ctx, args),
         Command::Addr(args) => addr::run(&ctx, args, out),
         Command::Stats(args) => stats::run(&ctx, args.json, out),
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Man { output } => generate::man(output.as_deref(), out),
     }
 }
 
 /// An admin API client, or the error of not having one, said as `doing`.
-pub fn admin<'a>(
-    ctx: &'a Context,
+pub fn admin(
+    ctx: &Context,
     doing: impl FnOnce() -> String,
-) -> Result<&'a crate::admin_client::AdminClient, CliError> {
+) -> Result<&crate::admin_client::AdminClient, CliError> {
     ctx.admin().doing(doing)
 }
