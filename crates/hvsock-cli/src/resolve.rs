@@ -44,7 +44,7 @@ pub enum ResolveError {
         name: String,
         /// Why the API cannot be reached.
         #[source]
-        source: Box<AdminError>,
+        source: AdminError,
     },
     /// The admin API answered a lookup with an error.
     #[error("resolving the {what} name {name:?}: {source}")]
@@ -55,7 +55,7 @@ pub enum ResolveError {
         name: String,
         /// What hvsockd said.
         #[source]
-        source: Box<AdminError>,
+        source: AdminError,
     },
     /// `--as` was given a keyword.
     #[error(
@@ -121,13 +121,13 @@ fn lookup_error(what: &'static str, name: &str, e: AdminError) -> ResolveError {
         ResolveError::NeedsApi {
             what,
             name,
-            source: Box::new(e),
+            source: e,
         }
     } else {
         ResolveError::Lookup {
             what,
             name,
-            source: Box::new(e),
+            source: e,
         }
     }
 }

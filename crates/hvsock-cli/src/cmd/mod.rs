@@ -5,12 +5,14 @@
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats`
+//! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
 //! a [`CliError`] on failure; they never print errors themselves, so that every failure looks
 //! the same (`hvsock: <what was being done>: <why>`, exit 1).
 
 pub mod addr;
+pub mod generate;
 pub mod net;
 pub mod service;
 pub mod stats;
@@ -34,7 +36,7 @@ pub enum CliError {
         doing: String,
         /// Why it failed.
         #[source]
-        source: Box<AdminError>,
+        source: AdminError,
     },
     /// An address or partition could not be resolved.
     #[error(transparent)]
@@ -66,6 +68,17 @@ pub enum CliError {
         /// Why, and what to do instead.
         why: &'static str,
     },
+    /// Writing a file failed.
+    #[error("{doing} {}: {source}", path.display())]
+    File {
+        /// What was being done (`writing the manual page`).
+        doing: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CliError {
@@ -90,7 +103,7 @@ impl<T> Doing<T> for Result<T, AdminError> {
     fn doing(self, doing: impl FnOnce() -> String) -> Result<T, CliError> {
         self.map_err(|source| CliError::Admin {
             doing: doing(),
-            source: Box::new(source),
+            source,
         })
     }
 }
@@ -106,6 +119,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Connect(args) => net::connect(&ctx, args),
         Command::Addr(args) => addr::run(&ctx, args, out),
         Command::Stats(args) => stats::run(&ctx, args.json, out),
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Man { output } => generate::man(output.as_deref(), out),
     }
 }
 
@@ -144,6 +159,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             "`hvsock stats`",
             "it reads hvsockd's counters, and there is no hvsockd on Windows",
         )),
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Man { output } => generate::man(output.as_deref(), out),
     }
 }
 
