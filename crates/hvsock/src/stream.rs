@@ -185,3 +185,57 @@ impl Write for &HvStream {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(not(windows))]
+    use crate::guid::{ServiceId, VmId};
+
+    #[cfg(not(windows))]
+    const ADDR: SockAddrHv = SockAddrHv::new(VmId::PARENT, ServiceId::from_vsock_port(2761));
+
+    /// Off Windows, asking for AF_HYPERV is a clear `Unsupported`, never a build failure.
+    #[cfg(not(windows))]
+    #[test]
+    fn the_hyperv_transport_is_unsupported_off_windows() {
+        let err = HvStream::connect_with(&Transport::HyperV, ADDR, Duration::from_secs(1))
+            .expect_err("no AF_HYPERV here");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("Windows' AF_HYPERV"), "{err}");
+        let err = crate::HvListener::bind_with(&Transport::HyperV, ADDR, 1)
+            .expect_err("no AF_HYPERV here");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// HVSOCKET_CONNECTED_SUSPEND is one API everywhere: `Unsupported` off Windows.
+    #[cfg(unix)]
+    #[test]
+    fn connected_suspend_is_unsupported_off_windows() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let stream = HvStream {
+            inner: sys::Socket::from_fd(a.into()),
+            local: ADDR,
+            peer: ADDR,
+        };
+        for err in [
+            stream.set_connected_suspend(true).expect_err("unsupported"),
+            stream.connected_suspend().expect_err("unsupported"),
+        ] {
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+            assert!(
+                err.to_string().contains("HVSOCKET_CONNECTED_SUSPEND"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_timeouts_are_clamped_to_windows_maximum() {
+        assert!(check_timeout(Duration::ZERO).is_err());
+        assert_eq!(
+            check_timeout(Duration::from_secs(600)).ok(),
+            Some(Duration::from_millis(300_000))
+        );
+    }
+}

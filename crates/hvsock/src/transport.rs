@@ -7,7 +7,9 @@
 //!   default runtime directory (see [`crate::dirs`]).
 //! - [`Transport::Vsock`]: plain `AF_VSOCK`, inside a Linux guest, only when asked for with
 //!   `HVSOCK_TRANSPORT=vsock` or through this API. The crate never falls back to it.
-//! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there).
+//! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there). The provider
+//!   and vsock transports are Unix-only, and `AF_HYPERV` Windows-only: asking for one where
+//!   it does not exist is an `Unsupported` error that says what to use instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
