@@ -53,7 +53,7 @@ use crate::registry::{
     ServiceRecord,
 };
 use crate::router::Policy;
-use crate::server::{Ctx, HOST_SOCKET_MODE, PARTITION_SOCKET_MODE};
+use crate::server::{Ctx, PARTITION_SOCKET_MODE};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -931,7 +931,8 @@ async fn import_registry(
 }
 
 /// Opens the endpoints of sandbox partitions that have none and closes those of partitions
-/// that are gone; re-opens `host.sock` if the root's id changed (its clients are dropped).
+/// that are gone; serves `host.sock` under the root's new id if it changed (its clients are
+/// dropped; the socket and its file, perhaps the service manager's, stay).
 fn sync_endpoints(ctx: &Arc<Ctx>, old_root: VmId) -> ApiResult<()> {
     let (root, sandboxes): (VmId, Vec<VmId>) = {
         let world = ctx.world();
@@ -943,15 +944,13 @@ fn sync_endpoints(ctx: &Arc<Ctx>, old_root: VmId) -> ApiResult<()> {
         (world.root(), sandboxes)
     };
     for id in ctx.endpoints.open_partitions() {
-        if id != root && !sandboxes.contains(&id) {
+        if id != root && id != old_root && !sandboxes.contains(&id) {
             endpoint::close(ctx, id);
         }
     }
     let mut failed = Vec::new();
-    if root != old_root || ctx.endpoints.path(root).is_none() {
-        if let Err(e) = endpoint::open(ctx, root, &ctx.dirs.host_socket(), HOST_SOCKET_MODE) {
-            failed.push(format!("host: {e}"));
-        }
+    if root != old_root && !endpoint::rekey(ctx, old_root, root) {
+        failed.push("host: hvsockd has no endpoint for the root".to_owned());
     }
     for id in sandboxes {
         if ctx.endpoints.path(id).is_none() {

@@ -6,6 +6,7 @@
 //! # Modules
 //!
 //! - [`server`]: start-up ([`Server::bind`]), the shared context, shutdown;
+//! - [`activation`]: systemd socket activation (`LISTEN_FDS`) and readiness (`NOTIFY_SOCKET`);
 //! - [`config`]: the TOML configuration file (`--config`), and the services and partitions
 //!   it ensures at start;
 //! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
@@ -18,12 +19,15 @@
 //! - [`listeners`]: a bound listener and its backlog;
 //! - [`registry`]: services and partitions in SQLite;
 //! - [`admin`]: the HTTP + JSON admin API on `admin.sock`;
-//! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`.
+//! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`;
+//! - [`manual`]: the manual page and shell completions of the `hvsockd` binary.
 
+pub mod activation;
 pub mod admin;
 pub mod config;
 pub mod endpoint;
 pub mod listeners;
+pub mod manual;
 pub mod metrics;
 pub mod registry;
 pub mod router;

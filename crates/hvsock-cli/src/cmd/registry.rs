@@ -36,7 +36,6 @@ fn export(ctx: &Context, output: Option<&Path>, out: &mut dyn Write) -> Result<(
     let Some(path) = output else {
         return Ok(write_json(out, &doc)?);
     };
-    let file_err = |doing: String| move |source| CliError::File { doing, source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -52,9 +51,13 @@ fn export(ctx: &Context, output: Option<&Path>, out: &mut dyn Write) -> Result<(
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = written {
+    if let Err(source) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(file_err(format!("writing {}", path.display()))(e));
+        return Err(CliError::File {
+            doing: "writing",
+            path: path.to_owned(),
+            source,
+        });
     }
     let services = doc["services"].as_array().map_or(0, Vec::len);
     let partitions = doc["partitions"].as_array().map_or(0, Vec::len);
@@ -69,9 +72,9 @@ fn export(ctx: &Context, output: Option<&Path>, out: &mut dyn Write) -> Result<(
 fn read_doc(file: &Path) -> Result<Value, CliError> {
     let stdin = file == Path::new("-");
     let what = if stdin {
-        "stdin".to_owned()
+        Path::new("stdin").to_owned()
     } else {
-        file.display().to_string()
+        file.to_owned()
     };
     let mut text = String::new();
     let read = if stdin {
@@ -80,11 +83,13 @@ fn read_doc(file: &Path) -> Result<Value, CliError> {
         std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text).map(drop))
     };
     read.map_err(|source| CliError::File {
-        doing: format!("reading {what}"),
+        doing: "reading",
+        path: what.clone(),
         source,
     })?;
     serde_json::from_str(&text).map_err(|e| CliError::File {
-        doing: format!("reading {what}"),
+        doing: "reading",
+        path: what,
         source: std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("not a registry document (JSON from `hvsock registry export`): {e}"),
