@@ -324,6 +324,24 @@ fn partition_verbs_children_rename_and_if_exists() {
     assert_eq!(listeners[0]["service_name"], "echo");
     assert_eq!(listeners[0]["vm_keyword"], "children");
     assert_eq!(listeners[0]["partition_name"], "host");
+    let table = hv(&d, &["listeners"]);
+    let lines: Vec<Vec<&str>> = table
+        .ok()
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0][..4],
+        ["ID", "PARTITION", "BOUND", "SERVICE"],
+        "{table:?}"
+    );
+    assert_eq!(
+        lines[1][1..8],
+        ["host", "children", "echo", "16", "0", "0", "0"],
+        "{table:?}"
+    );
+    assert_eq!(lines[1][8], std::process::id().to_string(), "{table:?}");
+    assert_eq!(hv(&d, &["listeners", "--json"]).json(), listeners);
 }
 
 #[test]

@@ -28,7 +28,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{Host, ImportReport, NewPartition, NewService, Partition, Service, Stats};
+use crate::api::{
+    Host, ImportReport, Listener, NewPartition, NewService, Partition, Service, Stats,
+};
 
 /// How long one request may take, connection included, when not set otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -461,6 +463,11 @@ impl AdminClient {
         let path = format!("/v1/partitions/{}", segment(key));
         let json = self.patch(&path, patch)?;
         self.typed(&format!("PATCH {path}"), json)
+    }
+
+    /// The live listeners.
+    pub fn listeners(&self) -> Result<Reply<Vec<Listener>>, AdminError> {
+        self.get_typed("/v1/listeners")
     }
 
     /// The direct children of a partition.

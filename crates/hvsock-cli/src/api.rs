@@ -249,3 +249,37 @@ pub struct NewPartition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
 }
+
+/// A live listener (`GET /v1/listeners`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listener {
+    /// Unique for the life of hvsockd.
+    pub id: u64,
+    /// The partition it listens in.
+    pub partition_name: String,
+    /// The bound VmId pattern.
+    pub vm: VmId,
+    /// Its keyword (`wildcard`, `children`, …), if well-known.
+    #[serde(default)]
+    pub vm_keyword: Option<String>,
+    /// The service GUID.
+    pub service: ServiceId,
+    /// The service's name, if registered.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// The backlog.
+    #[serde(default)]
+    pub backlog: u64,
+    /// Connections delivered and not yet accepted.
+    #[serde(default)]
+    pub unaccepted: u64,
+    /// Connectors waiting for backlog space.
+    #[serde(default)]
+    pub waiting: u64,
+    /// Connections accepted so far.
+    #[serde(default)]
+    pub accepted: u64,
+    /// The listening process, if known.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}

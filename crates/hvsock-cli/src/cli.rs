@@ -93,6 +93,8 @@ pub enum Command {
     /// and clients dropped for protocol errors. The same counters are at hvsockd's `/metrics`
     /// in Prometheus text.
     Stats(JsonFlag),
+    /// List the live listeners: where each is bound, for which service, and its backlog.
+    Listeners(JsonFlag),
     /// Print the completion script for SHELL.
     ///
     /// bash: `hvsock completions bash > /usr/share/bash-completion/completions/hvsock`;

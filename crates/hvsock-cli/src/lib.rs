@@ -11,14 +11,15 @@
 //! hvsock vm list | show ID|NAME | children ID|NAME | rename ID|NAME NEW
 //! hvsock vm remove [--if-exists] ID|NAME
 //! hvsock registry export [--output FILE] | import FILE [--replace] [--dry-run]
+//! hvsock listeners
 //! hvsock listen [--as VM] [--keep] ADDR
 //! hvsock connect [--as VM] [--timeout MS] ADDR
 //! hvsock addr ADDR
 //! hvsock stats
 //! ```
 //!
-//! Every command takes `--dir DIR`; list, show, children, policy, addr, stats and registry
-//! import take `--json`. Exit status: 0
+//! Every command takes `--dir DIR`; list, show, children, policy, addr, stats, listeners and
+//! registry import take `--json`. Exit status: 0
 //! on success, 1 on failure (the reason on stderr as `hvsock: <doing>: <why>`), 2 for a
 //! malformed command line (clap's message). A closed stdout (`hvsock … | head`) ends the
 //! command quietly.

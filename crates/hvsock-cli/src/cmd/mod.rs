@@ -5,7 +5,7 @@
 //! - [`registry`]: `hvsock registry export|import`
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
-//! - [`stats`]: `hvsock stats`
+//! - [`stats`]: `hvsock stats` and `hvsock listeners`
 //! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
@@ -121,6 +121,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Connect(args) => net::connect(&ctx, args),
         Command::Addr(args) => addr::run(&ctx, args, out),
         Command::Stats(args) => stats::run(&ctx, args.json, out),
+        Command::Listeners(args) => stats::listeners(&ctx, args.json, out),
         Command::Registry(cmd) => registry::run(&ctx, cmd, out),
         Command::Completions { shell } => generate::completions(shell, out),
         Command::Man { output } => generate::man(output.as_deref(), out),
@@ -161,6 +162,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Stats(_) => Err(unsupported(
             "`hvsock stats`",
             "it reads hvsockd's counters, and there is no hvsockd on Windows",
+        )),
+        Command::Listeners(_) => Err(unsupported(
+            "`hvsock listeners`",
+            "it lists hvsockd's listeners, and there is no hvsockd on Windows",
         )),
         Command::Registry(_) => Err(unsupported(
             "`hvsock registry`",

@@ -1,5 +1,5 @@
 //! `hvsock stats`: hvsockd's counters (`GET /v1/stats`) as tables, or `--json` for the API's
-//! object.
+//! object; and `hvsock listeners`, the live listeners (`GET /v1/listeners`).
 //!
 //! ```text
 //! CONNECTIONS
@@ -32,6 +32,48 @@ pub fn run(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliErro
         return Ok(write_json(out, &reply.json)?);
     }
     Ok(write_tables(out, &reply.value)?)
+}
+
+/// Runs `listeners`: one line per listener, oldest first.
+pub fn listeners(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || "listing the listeners".to_owned();
+    let reply = admin(ctx, doing)?.listeners().doing(doing)?;
+    if json {
+        return Ok(write_json(out, &reply.json)?);
+    }
+    Ok(listener_table(&reply.value).write_to(out)?)
+}
+
+fn listener_table(listeners: &[crate::api::Listener]) -> Table {
+    let mut table = Table::new([
+        "ID",
+        "PARTITION",
+        "BOUND",
+        "SERVICE",
+        "BACKLOG",
+        "UNACCEPTED",
+        "WAITING",
+        "ACCEPTED",
+        "PID",
+    ]);
+    for l in listeners {
+        let service = match &l.service_name {
+            Some(name) => name.clone(),
+            None => l.service.to_string(),
+        };
+        table.row([
+            l.id.to_string(),
+            l.partition_name.clone(),
+            l.vm_keyword.clone().unwrap_or_else(|| l.vm.to_string()),
+            service,
+            l.backlog.to_string(),
+            l.unaccepted.to_string(),
+            l.waiting.to_string(),
+            l.accepted.to_string(),
+            crate::output::or_dash(l.pid),
+        ]);
+    }
+    table
 }
 
 fn section(out: &mut dyn Write, title: &str, table: &Table) -> std::io::Result<()> {
