@@ -628,6 +628,15 @@ fn a_config_file_is_applied_at_start_and_a_clash_stops_hvsockd() {
         ErrorKind::PermissionDenied,
         "does not allow wildcard binds",
     );
+    // Given a policy of its own, echo starts from the default: one rule changes.
+    let p = hv(
+        &d,
+        &["service", "policy", "echo", "--connect", "web", "--json"],
+    )
+    .json();
+    assert_eq!(p["policy"]["connect"][0]["name"], "web");
+    assert_eq!(p["policy"]["wildcard_bind"], false, "{p}");
+    hv(&d, &["service", "policy", "echo", "--default"]).ok();
     let worker = hv(&d, &["vm", "show", "worker", "--json"]).json();
     assert_eq!(worker["parent_name"], "web");
     assert!(

@@ -33,7 +33,8 @@
 //! A service's policy is shown with partitions as `{id, name}` and taken by name or id;
 //! `PATCH` follows JSON merge patch (RFC 7396): an absent member is left as it is, `null`
 //! resets it (`"policy": null`: the default policy applies again; `"connect": null`: any
-//! partition may connect).
+//! partition may connect). A service without a policy of its own that is given one starts
+//! from the default policy that applied to it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -772,9 +773,13 @@ fn resolve_partitions(ctx: &Ctx, rule: &str, keys: &[String]) -> ApiResult<Vec<V
     Ok(ids)
 }
 
-/// `current` with `patch` merged in (RFC 7396).
+/// `current` with `patch` merged in (RFC 7396). A service without a policy of its own starts
+/// from the default policy, the one that applied to it until now.
 fn merge_policy(ctx: &Ctx, current: Option<&Policy>, patch: PatchPolicy) -> ApiResult<Policy> {
-    let mut policy = current.cloned().unwrap_or_default();
+    let mut policy = match current {
+        Some(p) => p.clone(),
+        None => ctx.world().default_policy().clone(),
+    };
     if let Some(connect) = patch.connect {
         policy.connect = connect
             .map(|keys| resolve_partitions(ctx, "connect", &keys))

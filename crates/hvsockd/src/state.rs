@@ -105,6 +105,14 @@ impl World {
     pub fn reload(&mut self, registry: &Registry) -> Result<Vec<Arc<Listener>>, RegistryError> {
         let partitions = registry.partitions()?;
         let services = registry.services()?;
+        // The default policy follows the root to its new id and loses partitions that are gone.
+        let mut default_policy = self.default_policy.mapped(self.root(), registry.root());
+        for id in default_policy.partitions().collect::<Vec<_>>() {
+            if !partitions.iter().any(|p| p.id == id) {
+                default_policy = default_policy.without(id);
+            }
+        }
+        self.default_policy = default_policy;
         self.topo = Topology::new(registry.root());
         self.partitions.clear();
         self.services.clear();
@@ -547,5 +555,41 @@ impl World {
                 self.bindings.remove(&key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Export, ImportMode};
+    use hvsock::Guid;
+
+    #[test]
+    fn a_reload_moves_the_default_policy_with_the_root_and_drops_gone_partitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::open(&dir.path().join("registry.db")).expect("open");
+        let root = reg.root();
+        let a = VmId(Guid::from_bytes([1; 16]));
+        reg.add_partition(a, "a", root, PartitionKind::Sandbox, None)
+            .expect("a");
+        let mut world = World::load(&reg).expect("world");
+        world.set_default_policy(Policy {
+            connect: Some(vec![root, a]),
+            ..Policy::default()
+        });
+        let new_root = VmId(Guid::from_bytes([9; 16]));
+        let doc = Export {
+            version: crate::registry::EXPORT_VERSION,
+            root: new_root,
+            services: Vec::new(),
+            partitions: Vec::new(),
+        };
+        reg.import(&doc, ImportMode::Replace, false)
+            .expect("replace");
+        let closed = world.reload(&reg).expect("reload");
+        assert!(closed.is_empty());
+        assert_eq!(world.root(), new_root);
+        assert_eq!(world.default_policy().connect, Some(vec![new_root]));
+        assert!(world.partition(a).is_none());
     }
 }
