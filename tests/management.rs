@@ -939,3 +939,77 @@ fn admin_tcp_is_loopback_only_and_serves_the_same_api() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains(&d.root_id().to_string()), "{reply}");
 }
+
+/// `curl`, which scripts/packaging-deps.sh installs (scripts/test runs it first).
+fn curl(d: &Daemon, args: &[&str]) -> Out {
+    let path = ["/usr/bin/curl", "/bin/curl", "/usr/local/bin/curl"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| panic!("curl is not installed: run scripts/packaging-deps.sh"));
+    let mut cmd = Command::new(path);
+    cmd.args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(d.dirs().admin_socket())
+        .args(args);
+    run(cmd, b"")
+}
+
+#[test]
+fn the_guides_curl_recipes_work() {
+    let d = Daemon::start();
+    let json = ["-H", "Content-Type: application/json"];
+    let add = |body: &str| {
+        let mut args = json.to_vec();
+        args.extend(["-d", body, "http://hvsockd/v1/services"]);
+        curl(&d, &args)
+    };
+    let s: Value = serde_json::from_str(add(r#"{"name":"echo","port":2761}"#).ok()).unwrap();
+    assert_eq!(s["id"], PORT_2761);
+    d.add_partition("web", None);
+    let mut args = vec!["-X", "PATCH"];
+    args.extend(json);
+    args.extend([
+        "-d",
+        r#"{"name":"echo-v2","policy":{"connect":["web"],"wildcard_bind":false}}"#,
+        "http://hvsockd/v1/services/echo",
+    ]);
+    let s: Value = serde_json::from_str(curl(&d, &args).ok()).unwrap();
+    assert_eq!(s["name"], "echo-v2");
+    assert_eq!(s["policy"]["connect"][0]["name"], "web");
+    let metrics = curl(&d, &["http://hvsockd/metrics"]);
+    assert!(
+        metrics
+            .ok()
+            .contains("hvsock_services{state=\"enabled\"} 1")
+    );
+    // DELETE of an absent service: 404 with a JSON body (and curl --fail exits 22).
+    let out = curl(
+        &d,
+        &[
+            "-X",
+            "DELETE",
+            "-w",
+            "%{http_code}",
+            "http://hvsockd/v1/services/nope",
+        ],
+    );
+    assert!(out.ok().ends_with("404"), "{out:?}");
+    assert!(out.stdout.contains("\"code\":\"not_found\""), "{out:?}");
+    // Export with curl, import with curl --data-binary @file into a fresh hvsockd.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("registry.json");
+    std::fs::write(&file, curl(&d, &["http://hvsockd/v1/registry"]).ok()).unwrap();
+    let fresh = Daemon::start();
+    let data = format!("@{}", file.display());
+    let mut args = json.to_vec();
+    args.extend([
+        "--data-binary",
+        &data,
+        "http://hvsockd/v1/registry?mode=merge&dry_run=false",
+    ]);
+    let report: Value = serde_json::from_str(curl(&fresh, &args).ok()).unwrap();
+    assert_eq!(report["root_adopted"], true, "{report}");
+    assert_eq!(
+        curl(&fresh, &["http://hvsockd/v1/registry"]).ok(),
+        curl(&d, &["http://hvsockd/v1/registry"]).ok()
+    );
+}
