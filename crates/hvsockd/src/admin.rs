@@ -9,7 +9,7 @@
 //! | `POST /v1/services/{id-or-name}/enable` and `/disable` | switches it |
 //! | `DELETE /v1/services/{id-or-name}` | removes it |
 //! | `GET /v1/partitions` | every partition |
-//! | `POST /v1/partitions` `{name, id?, parent?}` | adds a sandbox partition and opens its endpoint |
+//! | `POST /v1/partitions` `{name, id?, parent?, hybrid_vsock?}` | adds a sandbox partition and opens its endpoint; with `hybrid_vsock` (an absolute path), a VM attached through its VMM's hybrid-vsock socket instead (no endpoint) |
 //! | `GET /v1/partitions/{id-or-name}` | one partition |
 //! | `DELETE /v1/partitions/{id-or-name}` | removes it, its endpoint and its listeners |
 //! | `GET /v1/listeners` | live listeners |
@@ -19,7 +19,13 @@
 //! Errors are JSON: `{"error": {"code": "not_found", "message": "no service \"x\" in the registry"}}`
 //! with a fitting HTTP status. Registry writes run on a blocking thread, one at a time, and
 //! update the in-memory world in the same critical section, so that the world never runs
-//! ahead of or behind the database.
+//! ahead of or behind the database. Every change that can alter what a VM's guest may reach
+//! (services, partitions) is followed by [`attach::reconcile`], which opens or closes the VM's
+//! `PATH_<port>` sockets.
+//!
+//! A partition's parent defaults to the root. VMs cannot have child partitions here (a guest
+//! that hosts its own sandboxes runs its own hvsockd); a VM's partition view shows the guest
+//! ports hvsockd listens on for it (`guest_ports`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,7 @@ use axum::{Json, Router};
 use hvsock::{ServiceId, VmId};
 use serde::{Deserialize, Serialize};
 
+use crate::attach;
 use crate::endpoint;
 use crate::registry::{Added, PartitionKind, PartitionRecord, RegistryError, ServiceRecord};
 use crate::server::{Ctx, PARTITION_SOCKET_MODE};
@@ -284,6 +291,7 @@ async fn add_service(
     .await?;
     if added == Added::Created {
         tracing::info!(name = %record.name, id = %record.id, "service registered");
+        attach::reconcile(&ctx);
     }
     let status = match added {
         Added::Created => StatusCode::CREATED,
@@ -310,6 +318,7 @@ async fn set_enabled(ctx: Arc<Ctx>, key: String, enabled: bool) -> ApiResult<Jso
     })
     .await?;
     tracing::info!(name = %record.name, enabled, "service switched");
+    attach::reconcile(&ctx);
     Ok(Json(service_view(&ctx, &record)))
 }
 
@@ -339,6 +348,7 @@ async fn remove_service(
         Ok(())
     })
     .await?;
+    attach::reconcile(&ctx);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -353,6 +363,7 @@ pub struct PartitionView {
     children: Vec<String>,
     endpoint: Option<PathBuf>,
     hybrid_vsock: Option<PathBuf>,
+    guest_ports: Vec<u32>,
     sessions: usize,
     listeners: usize,
     created_at: i64,
@@ -378,6 +389,7 @@ fn partition_view(ctx: &Ctx, p: &PartitionRecord) -> PartitionView {
         children,
         endpoint: ctx.endpoints.path(p.id),
         hybrid_vsock: p.hybrid_vsock.clone(),
+        guest_ports: ctx.attachments.ports(p.id),
         sessions: ctx.endpoints.sessions(p.id),
         listeners,
         created_at: p.created_at,
@@ -405,6 +417,8 @@ struct AddPartition {
     name: String,
     id: Option<VmId>,
     parent: Option<String>,
+    /// For a VM: its VMM's hybrid-vsock socket.
+    hybrid_vsock: Option<PathBuf>,
 }
 
 async fn add_partition(
@@ -422,18 +436,67 @@ async fn add_partition(
         )));
     }
     let parent = match &body.parent {
-        Some(key) => find_partition(&ctx, key)?.id,
-        None => ctx.world().root(),
+        Some(key) => find_partition(&ctx, key)?,
+        None => {
+            let root = ctx.world().root();
+            find_partition(&ctx, &root.to_string())?
+        }
+    };
+    if parent.kind == PartitionKind::Vm {
+        return Err(ApiError::bad_request(format!(
+            "partition {} is a VM and cannot have child partitions here: a guest that hosts its own sandboxes runs its own hvsockd",
+            parent.name
+        )));
+    }
+    let parent = parent.id;
+    let kind = match &body.hybrid_vsock {
+        Some(path) => {
+            attach::check_path(path).map_err(|message| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_hybrid_vsock", message)
+            })?;
+            PartitionKind::Vm
+        }
+        None => PartitionKind::Sandbox,
     };
     let (record, added) = write(&ctx, move |ctx| {
-        let (record, added) =
-            ctx.registry()
-                .add_partition(id, &body.name, parent, PartitionKind::Sandbox, None)?;
+        if let Some(path) = &body.hybrid_vsock {
+            let taken = ctx
+                .world()
+                .partitions()
+                .find(|p| p.id != id && p.hybrid_vsock.as_deref() == Some(path.as_path()))
+                .map(|p| p.name.clone());
+            if let Some(other) = taken {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "the hybrid-vsock socket {} is already attached to VM {other}",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let (record, added) = ctx.registry().add_partition(
+            id,
+            &body.name,
+            parent,
+            kind,
+            body.hybrid_vsock.as_deref(),
+        )?;
         ctx.world().put_partition(record.clone());
         Ok((record, added))
     })
     .await?;
-    if added == Added::Created || ctx.endpoints.path(record.id).is_none() {
+    if kind == PartitionKind::Vm {
+        if added == Added::Created {
+            tracing::info!(
+                name = %record.name, id = %record.id,
+                hybrid_vsock = %record.hybrid_vsock.as_deref().unwrap_or(Path::new("")).display(),
+                "VM attached"
+            );
+            attach::reconcile(&ctx);
+        }
+    } else if added == Added::Created || ctx.endpoints.path(record.id).is_none() {
         let path = ctx.dirs.partition_socket(record.id);
         if let Err(e) = endpoint::open(&ctx, record.id, &path, PARTITION_SOCKET_MODE) {
             tracing::error!("opening the endpoint of partition {}: {e}", record.name);
@@ -472,6 +535,7 @@ async fn remove_partition(
         listener.close();
     }
     endpoint::close(&ctx, record.id);
+    attach::reconcile(&ctx);
     tracing::info!(name = %record.name, id = %record.id, "partition removed");
     Ok(StatusCode::NO_CONTENT)
 }

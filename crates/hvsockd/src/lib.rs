@@ -19,6 +19,7 @@
 //! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`.
 
 pub mod admin;
+pub mod attach;
 pub mod endpoint;
 pub mod listeners;
 pub mod metrics;

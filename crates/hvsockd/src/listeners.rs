@@ -3,7 +3,7 @@
 //! A listener is a client session that sent `Bind`. hvsockd hands it each connection as an
 //! `Incoming` frame carrying the listener's end; the frame sits in the session socket until the
 //! client accepts it and answers `Ack`. At most `backlog` frames may be unacknowledged: further
-//! connectors wait in [`Queue::waiting`] (in hvsockd's memory, bounded) until an `Ack` frees a
+//! connectors wait in `Queue::waiting` (in hvsockd's memory, bounded) until an `Ack` frees a
 //! slot or their connect timeout passes, as a full `listen()` backlog makes a Unix-socket
 //! connect wait.
 //!

@@ -465,6 +465,7 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
+        #[allow(clippy::type_complexity)] // one row's columns, read once
         let existing: Option<(String, Option<String>, String, Option<String>, i64)> = tx
             .query_row(
                 "SELECT name, parent, kind, attachment, created_at FROM partitions WHERE id = ?1",

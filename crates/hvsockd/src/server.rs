@@ -19,6 +19,7 @@ use hvsock::VmId;
 use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
 
+use crate::attach::{self, Attachments};
 use crate::endpoint::{self, Endpoints};
 use crate::metrics::Metrics;
 use crate::registry::{PartitionKind, Registry, RegistryError};
@@ -31,6 +32,9 @@ pub const HOST_SOCKET_MODE: u32 = 0o660;
 pub const PARTITION_SOCKET_MODE: u32 = 0o666;
 /// Mode of `admin.sock`: the owner only.
 pub const ADMIN_SOCKET_MODE: u32 = 0o600;
+/// How often hvsockd retries guest sockets it could not open (e.g. a VM directory that did not
+/// exist yet).
+pub const ATTACH_RETRY: Duration = Duration::from_secs(2);
 
 /// Limits that keep one client from hurting the others.
 #[derive(Debug, Clone)]
@@ -137,6 +141,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Open endpoints.
     pub endpoints: Endpoints,
+    /// Open guest-to-host sockets of VM attachments.
+    pub attachments: Attachments,
     /// When hvsockd started.
     pub started: Instant,
 }
@@ -227,6 +233,9 @@ impl Server {
             .filter(|p| p.kind == PartitionKind::Sandbox)
             .map(|p| p.id)
             .collect();
+        for path in world.partitions().filter_map(|p| p.hybrid_vsock.as_deref()) {
+            attach::remove_stale(path);
+        }
         let ctx = Arc::new(Ctx {
             dirs: dirs.clone(),
             limits: config.limits,
@@ -235,6 +244,7 @@ impl Server {
             registry: Mutex::new(registry),
             metrics: Metrics::default(),
             endpoints: Endpoints::default(),
+            attachments: Attachments::default(),
             started: Instant::now(),
         });
         let socket_err = |what: String| move |source| ServeError::Socket { what, source };
@@ -246,6 +256,9 @@ impl Server {
         }
         let admin = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
             .map_err(socket_err("admin".into()))?;
+        // Nothing is bound yet, so no guest port opens here; binds open them as they come.
+        attach::reconcile(&ctx);
+        tokio::spawn(attach::retry_loop(ctx.clone(), ATTACH_RETRY));
         tracing::info!(
             dir = %dirs.run.display(), root = %root,
             "hvsockd ready: endpoint {}, admin API {}",
@@ -274,6 +287,7 @@ impl Server {
         tracing::info!("hvsockd stopping");
         ctx.shutdown.cancel();
         endpoint::remove_all(&ctx);
+        attach::close_all(&ctx);
         let _ = std::fs::remove_file(ctx.dirs.admin_socket());
         result
     }

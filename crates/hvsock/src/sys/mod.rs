@@ -34,6 +34,15 @@ pub(crate) fn connect(
                 peer: est.peer,
             })
         }
+        #[cfg(target_os = "linux")]
+        Transport::Vsock => {
+            let est = unix::vsock::connect(addr, timeout)?;
+            Ok(HvStream {
+                inner: Socket::from_fd(est.fd),
+                local: est.local,
+                peer: est.peer,
+            })
+        }
         other => Err(other.unsupported()),
     }
 }
@@ -43,6 +52,8 @@ pub(crate) fn connect(
 pub(crate) enum Listener {
     #[cfg(unix)]
     Provider(unix::provider::Listener),
+    #[cfg(target_os = "linux")]
+    Vsock(unix::vsock::Listener),
 }
 
 impl Listener {
@@ -56,6 +67,8 @@ impl Listener {
             Transport::Provider(endpoint) => Ok(Listener::Provider(
                 unix::provider::Listener::bind(endpoint, addr, backlog)?,
             )),
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => Ok(Listener::Vsock(unix::vsock::Listener::bind(addr, backlog)?)),
             other => Err(other.unsupported()),
         }
     }
@@ -71,6 +84,15 @@ impl Listener {
                     peer: est.peer,
                 })
             }
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => {
+                let est = l.accept()?;
+                Ok(HvStream {
+                    inner: Socket::from_fd(est.fd),
+                    local: est.local,
+                    peer: est.peer,
+                })
+            }
         }
     }
 
@@ -78,6 +100,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => l.local_addr(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.local_addr(),
         }
     }
 
@@ -85,6 +109,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => l.set_nonblocking(on),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.set_nonblocking(on),
         }
     }
 
@@ -92,6 +118,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => Ok(Listener::Provider(l.try_clone()?)),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => Ok(Listener::Vsock(l.try_clone()?)),
         }
     }
 }
@@ -101,6 +129,8 @@ impl std::os::fd::AsFd for Listener {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Listener::Provider(l) => l.fd(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.fd(),
         }
     }
 }
