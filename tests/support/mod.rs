@@ -68,6 +68,41 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// Builds the root package's examples (once per process) with the same cargo, profile and
+/// target directory as the tests, as [`bins`] does for the binaries, and returns the
+/// directory that holds them (`target/<profile>/examples`).
+pub fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap().to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--examples", "-p", "hvsock-e2e"])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile == "release" {
+            cmd.arg("--release");
+        } else if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        let status = cmd.status().expect("running cargo build for the examples");
+        assert!(status.success(), "cargo build --examples failed");
+        profile_dir.join("examples")
+    })
+}
+
+/// The path of the example binary `name`, built by [`examples_dir`].
+pub fn example(name: &str) -> PathBuf {
+    examples_dir().join(name)
+}
+
 /// Waits until `check` holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

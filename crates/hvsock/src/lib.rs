@@ -29,7 +29,8 @@
 //!   `AF_VSOCK` inside a Linux guest, or `AF_HYPERV` on Windows; always chosen explicitly;
 //! - [`HvStream`], [`HvListener`]: the std-style socket types;
 //! - [`dirs`]: where hvsockd keeps its registry and sockets;
-//! - `tokio` (feature `tokio`): async twins of the socket types;
+//! - `tokio` (feature `tokio`, Unix): async twins of the socket types, `tokio::HvListener`
+//!   and `tokio::HvStream`;
 //! - `sys` (private): every system call, by platform.
 //!
 //! # Errors
@@ -47,6 +48,9 @@ mod listener;
 mod stream;
 mod sys;
 pub mod transport;
+
+#[cfg(all(unix, feature = "tokio"))]
+pub mod tokio;
 
 #[cfg(unix)]
 mod wire;

@@ -48,6 +48,11 @@ pub(crate) fn connect(
 }
 
 /// A listener of any transport.
+///
+/// The async listener (`crate::tokio`) wraps this enum in an `AsyncFd`: every variant must own
+/// exactly one descriptor for its whole life (the one `as_fd` returns), that descriptor must
+/// become readable when a connection waits, and `accept` on a non-blocking listener must
+/// return `WouldBlock` when none does.
 #[derive(Debug)]
 pub(crate) enum Listener {
     #[cfg(unix)]
@@ -114,6 +119,16 @@ impl Listener {
         }
     }
 
+    /// Sends what the transport still owes the other side for earlier accepts (hvsockd's
+    /// `Ack`s that would have blocked); never waits.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+    pub(crate) fn flush(&self) {
+        match self {
+            #[cfg(unix)]
+            Listener::Provider(l) => l.flush_acks(),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> io::Result<Listener> {
         match self {
             #[cfg(unix)]
@@ -132,5 +147,12 @@ impl std::os::fd::AsFd for Listener {
             #[cfg(target_os = "linux")]
             Listener::Vsock(l) => l.fd(),
         }
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(self).as_raw_fd()
     }
 }

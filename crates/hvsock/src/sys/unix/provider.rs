@@ -15,6 +15,10 @@
 //!   listener's end per connection. `accept` answers each with `Ack`, which frees a backlog
 //!   slot in hvsockd. The session socket is what `HvListener` polls on, so `poll`/`epoll` and
 //!   non-blocking accept work as on any listening socket.
+//!
+//! The frames, their answers and the errors they become are built by the small functions
+//! below ([`connect_request`], [`bind_request`], [`answer_to`], [`established`]), which the
+//! async twins (`crate::tokio`) share; only the waiting differs.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -31,7 +35,7 @@ use crate::addr::SockAddrHv;
 
 /// How long past its own timeout a connector waits for hvsockd's answer before giving up on
 /// an unresponsive hvsockd.
-const GRACE: Duration = Duration::from_secs(1);
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
 /// How long `bind` waits for hvsockd's answer.
 pub(crate) const BIND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,7 +65,7 @@ pub(crate) fn endpoint_error(path: &Path, e: io::Error) -> io::Error {
     )
 }
 
-fn session_lost(e: RecvError) -> io::Error {
+pub(crate) fn session_lost(e: RecvError) -> io::Error {
     match e {
         RecvError::Io(e) if e.kind() != io::ErrorKind::ConnectionReset => e,
         RecvError::Closed | RecvError::Io(_) => io::Error::new(
@@ -245,17 +249,12 @@ pub(crate) fn connect(
     target: SockAddrHv,
     timeout: Duration,
 ) -> io::Result<Established> {
-    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
     let deadline = Instant::now() + timeout + GRACE;
     let mut fresh = false;
     loop {
         let mux = Mux::get(endpoint, fresh)?;
         let req = mux.next_req();
-        let frame = Frame::Connect {
-            req,
-            target: target.into(),
-            timeout_ms,
-        };
+        let frame = connect_request(req, target, timeout);
         return match mux.call(req, &frame, deadline) {
             Ok(received) => established(received),
             Err(CallError::NotSent(_)) if !fresh => {
@@ -270,7 +269,54 @@ pub(crate) fn connect(
     }
 }
 
-fn established(received: Received) -> io::Result<Established> {
+/// The `Connect` request for `target`, with hvsockd's own timeout `timeout`.
+pub(crate) fn connect_request(req: u32, target: SockAddrHv, timeout: Duration) -> Frame {
+    Frame::Connect {
+        req,
+        target: target.into(),
+        timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// The `Bind` request of a listener session (its only request).
+pub(crate) fn bind_request(addr: SockAddrHv, backlog: u32) -> Frame {
+    Frame::Bind {
+        req: 1,
+        addr: addr.into(),
+        backlog,
+    }
+}
+
+/// What a frame read on a connector session means to the connect waiting for `req`.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+pub(crate) enum Answer {
+    /// The answer to `req` (`Connected` or `Error`): pass it to [`established`].
+    Mine(Received),
+    /// hvsockd ended the whole session (an `Error` with request id 0), with this reason.
+    SessionEnded(io::Error),
+    /// The answer to another request, or a frame a connector session does not expect: drop it
+    /// (which closes any descriptor it carried).
+    NotMine,
+}
+
+/// Sorts a frame read on a connector session (see [`Answer`]).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+pub(crate) fn answer_to(req: u32, received: Received) -> Answer {
+    match &received.frame {
+        Frame::Connected { req: r, .. } | Frame::Error { req: r, .. } if *r == req => {
+            Answer::Mine(received)
+        }
+        Frame::Error {
+            req: 0,
+            code,
+            message,
+        } => Answer::SessionEnded(daemon_error(*code, message.clone())),
+        _ => Answer::NotMine,
+    }
+}
+
+pub(crate) fn established(received: Received) -> io::Result<Established> {
     match (received.frame, received.fd) {
         (Frame::Connected { local, peer, .. }, Some(fd))
         | (Frame::Incoming { local, peer }, Some(fd)) => Ok(Established {
@@ -302,17 +348,8 @@ impl Listener {
     /// Opens a session and binds `addr` with room for `backlog` unaccepted connections.
     pub(crate) fn bind(endpoint: &Path, addr: SockAddrHv, backlog: u32) -> io::Result<Listener> {
         let sock = connect_endpoint(endpoint, false).map_err(|e| endpoint_error(endpoint, e))?;
-        send_frame(
-            &sock,
-            &Frame::Bind {
-                req: 1,
-                addr: addr.into(),
-                backlog,
-            },
-            None,
-            false,
-        )
-        .map_err(|e| endpoint_error(endpoint, e))?;
+        send_frame(&sock, &bind_request(addr, backlog), None, false)
+            .map_err(|e| endpoint_error(endpoint, e))?;
         if !super::wait_readable(sock.as_fd(), Some(BIND_TIMEOUT))? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -372,6 +409,16 @@ impl Listener {
         let count = self.unacked.swap(0, Ordering::AcqRel) + 1;
         if send_frame(&self.sock, &Frame::Ack { count }, None, true).is_err() {
             // The socket buffer is full or the session is gone: tell hvsockd with the next ack.
+            self.unacked.fetch_add(count, Ordering::AcqRel);
+        }
+    }
+
+    /// Sends the acknowledgements that could not be sent before, if any, without waiting;
+    /// those that still would block stay for the next `ack`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+    pub(crate) fn flush_acks(&self) {
+        let count = self.unacked.swap(0, Ordering::AcqRel);
+        if count > 0 && send_frame(&self.sock, &Frame::Ack { count }, None, true).is_err() {
             self.unacked.fetch_add(count, Ordering::AcqRel);
         }
     }

@@ -1,0 +1,320 @@
+//! The command line: every command, flag and argument, declared with clap's derive API.
+//!
+//! Arguments are checked here as far as they can be without hvsockd (GUIDs, ports, names,
+//! the syntax of `VM:SERVICE`), so that a malformed command line is a usage error (exit 2,
+//! clap's message) and never reaches the daemon. [`Cli::command`](clap::CommandFactory) is
+//! the whole tree, for completions and man pages.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hvsock::addr::{AddrError, check_partition_name, check_service_name};
+use hvsock::{AddrSpec, ServiceId, VmId};
+
+const ADDRESSES: &str = "\
+Addresses (ADDR) are VM:SERVICE.
+  VM       a GUID, a partition name (`host` is the root), or one of
+           wildcard, zero, children, loopback, parent, broadcast, silohost
+  SERVICE  a GUID, a registered service name, or a decimal vsock port
+           (2761 is 00000ac9-facb-11e6-bd58-64006a7986d3)
+Names are resolved through hvsockd's admin API; GUIDs, keywords and ports need no API.
+
+Exit status: 0 on success, 1 when the command failed (the reason is on stderr),
+2 for a malformed command line.";
+
+/// Manage hvsockd's services and partitions, and listen or connect like nc.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hvsock",
+    version,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true,
+    after_help = ADDRESSES
+)]
+pub struct Cli {
+    /// The directory of the hvsockd to use [default: $HVSOCK_DIR, else /run/hvsock for root,
+    /// $XDG_RUNTIME_DIR/hvsock for other users]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, list, switch and remove services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Add, list and remove partitions (sandboxes).
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Listen on ADDR like `nc -l` (one connection, or --keep for many).
+    ///
+    /// Without --keep: accept one connection, stop listening, then copy the socket to stdout
+    /// and stdin to the socket until both directions have ended (EOF on stdin half-closes the
+    /// connection). With --keep: serve connections at once until stopped, send nothing, and
+    /// write what each sends to stdout.
+    #[command(after_help = ADDRESSES)]
+    Listen(ListenArgs),
+    /// Connect to ADDR like `nc`: stdin to the socket, the socket to stdout.
+    ///
+    /// EOF on stdin half-closes the connection; the peer's half-close ends the copy to stdout;
+    /// the command exits 0 once both have happened. A refused or timed-out connect exits 1
+    /// at once with the reason.
+    #[command(after_help = ADDRESSES)]
+    Connect(ConnectArgs),
+    /// Print what ADDR resolves to: VM GUID, service GUID, vsock port.
+    #[command(after_help = ADDRESSES)]
+    Addr(AddrArgs),
+    /// Print hvsockd's counters.
+    ///
+    /// Connections established and refused (by reason) per connecting partition and service,
+    /// bound listeners per partition and service, and clients dropped for protocol errors.
+    Stats(JsonFlag),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ID|NAME` of an item, with `--json`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The GUID or the name.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// Print the admin API's JSON object instead of `key: value` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ID|NAME` of an item.
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// The GUID or the name.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+}
+
+/// `hvsock service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register a service and print its GUID.
+    ///
+    /// The GUID is random unless --id or --port is given. Adding the same name and GUID again
+    /// succeeds and changes nothing.
+    Add {
+        /// Its friendly name.
+        #[arg(value_parser = parse_service_name)]
+        name: String,
+        /// Its GUID.
+        #[arg(long, value_name = "GUID", value_parser = parse_service_id, conflicts_with = "port")]
+        id: Option<ServiceId>,
+        /// A vsock port: the service gets that port's template GUID (reachable from Linux
+        /// guests).
+        #[arg(long, value_name = "N")]
+        port: Option<u32>,
+        /// Register it disabled: nothing may reach it across a partition boundary until
+        /// `hvsock service enable`.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List the registered services.
+    List(JsonFlag),
+    /// Show one service (ID may also be its vsock port).
+    Show(ShowArgs),
+    /// Let connections across partitions reach a service.
+    Enable(KeyArg),
+    /// Refuse connections across partitions to a service (loopback still works).
+    Disable(KeyArg),
+    /// Unregister a service.
+    Remove(KeyArg),
+}
+
+/// `hvsock vm …`.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Add a sandbox partition and print its VmId.
+    ///
+    /// hvsockd opens its endpoint socket at DIR/partitions/<vmid>.sock, to be bind-mounted
+    /// into the sandbox. Adding the same name and VmId again succeeds and changes nothing.
+    Add {
+        /// Its name.
+        #[arg(value_parser = parse_partition_name)]
+        name: String,
+        /// Its VmId (a random one if not given).
+        #[arg(long, value_name = "GUID", value_parser = parse_vm_id)]
+        id: Option<VmId>,
+        /// Its parent partition (default: the root, `host`).
+        #[arg(long, value_name = "ID|NAME")]
+        parent: Option<String>,
+    },
+    /// List the partitions, the root first.
+    List(JsonFlag),
+    /// Show one partition.
+    Show(ShowArgs),
+    /// Remove a partition (it must have no children), its endpoint and its listeners.
+    Remove(KeyArg),
+}
+
+/// An address as typed and as parsed.
+#[derive(Debug, Clone)]
+pub struct AddrArg {
+    /// What the user typed.
+    pub raw: String,
+    /// Its parts, names not yet resolved.
+    pub spec: AddrSpec,
+}
+
+/// `hvsock listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Listen from inside this partition (a name, a VmId or `host`) through its endpoint.
+    #[arg(long = "as", value_name = "VM")]
+    pub as_vm: Option<String>,
+    /// Serve connections at once until stopped; send nothing, write what each sends to
+    /// stdout (whole chunks, never mixed mid-chunk), close each when its peer half-closes.
+    #[arg(long)]
+    pub keep: bool,
+    /// With --keep: how many connections to serve at once; more wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "keep",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Tell on stderr when listening and where each connection comes from.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The address to bind: VM says whom to accept (wildcard: any partition that may reach
+    /// this one; children; loopback; parent; a partition), SERVICE what to serve.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+}
+
+/// `hvsock connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Connect from inside this partition (a name, a VmId or `host`) through its endpoint.
+    #[arg(long = "as", value_name = "VM")]
+    pub as_vm: Option<String>,
+    /// How long to wait for the connection, in milliseconds (1 to 300000).
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub timeout: u64,
+    /// Tell on stderr when connected.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The address to connect to.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+}
+
+/// `hvsock addr`.
+#[derive(Debug, Args)]
+pub struct AddrArgs {
+    /// The address to resolve.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_addr(s: &str) -> Result<AddrArg, AddrError> {
+    Ok(AddrArg {
+        raw: s.trim().to_owned(),
+        spec: AddrSpec::parse(s)?,
+    })
+}
+
+fn parse_service_name(s: &str) -> Result<String, String> {
+    check_service_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_partition_name(s: &str) -> Result<String, String> {
+    check_partition_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_service_id(s: &str) -> Result<ServiceId, String> {
+    ServiceId::parse(s)
+        .map_err(|e| format!("{e} (expected a GUID such as 00000ac9-facb-11e6-bd58-64006a7986d3)"))
+}
+
+fn parse_vm_id(s: &str) -> Result<VmId, String> {
+    let id = VmId::parse(s).map_err(|e| {
+        format!("{e} (expected a GUID such as c9c0f2f4-7f6a-4b36-8f0a-1d2f0b7a5e11)")
+    })?;
+    match id.keyword() {
+        Some(word) => Err(format!(
+            "{id} is the well-known VmId {word:?} and cannot name a partition"
+        )),
+        None => Ok(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            vec!["hvsock", "service", "add", "x", "--id", "nope"],
+            vec!["hvsock", "service", "add", "x", "--port", "-1"],
+            vec![
+                "hvsock",
+                "service",
+                "add",
+                "x",
+                "--port",
+                "1",
+                "--id",
+                "00000ac9-facb-11e6-bd58-64006a7986d3",
+            ],
+            vec!["hvsock", "service", "add", "2761"],
+            vec!["hvsock", "service", "add", "a:b"],
+            vec!["hvsock", "vm", "add", "parent"],
+            vec![
+                "hvsock",
+                "vm",
+                "add",
+                "x",
+                "--id",
+                "a42e7cda-d03f-480c-9cc2-a4de20abb878",
+            ],
+            vec!["hvsock", "connect", "parent"],
+            vec!["hvsock", "connect", "parent:99999999999"],
+            vec!["hvsock", "connect", "--timeout", "0", "parent:1"],
+            vec!["hvsock", "listen", "--max-connections", "5", "parent:1"],
+            vec!["hvsock"],
+        ] {
+            let err = Cli::try_parse_from(&args).expect_err(&format!("{args:?}"));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn dir_is_accepted_before_and_after_the_command() {
+        let cli = Cli::try_parse_from(["hvsock", "--dir", "/a", "stats"]).expect("parses");
+        assert_eq!(cli.dir, Some(PathBuf::from("/a")));
+        let cli =
+            Cli::try_parse_from(["hvsock", "service", "list", "--dir", "/b"]).expect("parses");
+        assert_eq!(cli.dir, Some(PathBuf::from("/b")));
+    }
+}

@@ -1,0 +1,116 @@
+//! `hvsock vm …`: the partitions, through the admin API.
+//!
+//! `add` prints the VmId alone; `list` is a table (the root, `host`, first), `show` `key: value`
+//! lines, both `--json` for the API's objects; `remove` prints one line saying what it did.
+
+use std::io::Write;
+
+use hvsock::VmId;
+
+use super::{CliError, Doing, admin};
+use crate::api::{NewPartition, Partition};
+use crate::cli::VmCommand;
+use crate::context::Context;
+use crate::output::{Fields, Table, or_dash, timestamp, write_json};
+
+/// Runs one `vm` command.
+pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        VmCommand::Add { name, id, parent } => add(ctx, name, id, parent, out),
+        VmCommand::List(flag) => list(ctx, flag.json, out),
+        VmCommand::Show(args) => show(ctx, &args.key, args.json, out),
+        VmCommand::Remove(arg) => remove(ctx, &arg.key, out),
+    }
+}
+
+/// A partition for people: `name (VmId)`.
+pub fn label(p: &Partition) -> String {
+    format!("{} ({})", p.name, p.id)
+}
+
+fn add(
+    ctx: &Context,
+    name: String,
+    id: Option<VmId>,
+    parent: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let doing = || format!("adding partition {name:?}");
+    let api = admin(ctx, doing)?;
+    let new = NewPartition {
+        name: name.clone(),
+        id,
+        parent,
+    };
+    let reply = api.add_partition(&new).doing(doing)?;
+    writeln!(out, "{}", reply.value.id)?;
+    Ok(())
+}
+
+fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || "listing partitions".to_owned();
+    let reply = admin(ctx, doing)?.partitions().doing(doing)?;
+    if json {
+        return Ok(write_json(out, &reply.json)?);
+    }
+    let mut table = Table::new(["NAME", "ID", "KIND", "PARENT", "SESSIONS", "LISTENERS"]);
+    for p in &reply.value {
+        let parent = p
+            .parent_name
+            .clone()
+            .or_else(|| p.parent.map(|id| id.to_string()));
+        table.row([
+            p.name.clone(),
+            p.id.to_string(),
+            p.kind.clone(),
+            or_dash(parent),
+            p.sessions.to_string(),
+            p.listeners.to_string(),
+        ]);
+    }
+    Ok(table.write_to(out)?)
+}
+
+fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || format!("showing partition {key:?}");
+    let reply = admin(ctx, doing)?.partition(key).doing(doing)?;
+    if json {
+        return Ok(write_json(out, &reply.json)?);
+    }
+    let p = &reply.value;
+    let parent = match (&p.parent_name, p.parent) {
+        (Some(name), Some(id)) => Some(format!("{name} ({id})")),
+        (None, Some(id)) => Some(id.to_string()),
+        _ => None,
+    };
+    let children = (!p.children.is_empty()).then(|| p.children.join(", "));
+    let mut fields = Fields::new();
+    fields
+        .field("name", &p.name)
+        .field("id", p.id)
+        .field("kind", &p.kind)
+        .field("parent", or_dash(parent))
+        .field("children", or_dash(children))
+        .field(
+            "endpoint",
+            or_dash(p.endpoint.as_ref().map(|e| e.display())),
+        )
+        .field(
+            "hybrid_vsock",
+            or_dash(p.hybrid_vsock.as_ref().map(|e| e.display())),
+        )
+        .field("sessions", p.sessions)
+        .field("listeners", p.listeners)
+        .field("created", timestamp(p.created_at));
+    Ok(fields.write_to(out)?)
+}
+
+fn remove(ctx: &Context, key: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let doing = || format!("removing partition {key:?}");
+    let api = admin(ctx, doing)?;
+    let partition = api.partition(key).doing(doing)?.value;
+    api.remove_partition(&partition.id.to_string())
+        .doing(doing)?;
+    writeln!(out, "partition {} removed", label(&partition))?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `hvsock`: the command-line client of hvsockd, as a library under a thin `main.rs`, so that
+//! other front ends (completions, man pages, tests) reuse the command tree and the admin client.
+//!
+//! ```text
+//! hvsock service add NAME [--id GUID | --port N] [--disabled]   # prints the service GUID
+//! hvsock service list | show ID|NAME | enable ID|NAME | disable ID|NAME | remove ID|NAME
+//! hvsock vm add NAME [--id GUID] [--parent ID|NAME]             # prints the VmId
+//! hvsock vm list | show ID|NAME | remove ID|NAME
+//! hvsock listen [--as VM] [--keep] ADDR
+//! hvsock connect [--as VM] [--timeout MS] ADDR
+//! hvsock addr ADDR
+//! hvsock stats
+//! ```
+//!
+//! Every command takes `--dir DIR`; list, show, addr and stats take `--json`. Exit status: 0
+//! on success, 1 on failure (the reason on stderr as `hvsock: <doing>: <why>`), 2 for a
+//! malformed command line (clap's message). A closed stdout (`hvsock … | head`) ends the
+//! command quietly.
+//!
+//! # Modules
+//!
+//! - [`cli`]: the command line (clap derive), checked as far as it can be without hvsockd;
+//! - [`cmd`]: one module per command group, and [`cmd::CliError`];
+//! - [`context`]: `--dir`, the directories, and the admin client made on first use;
+//! - [`admin_client`]: HTTP/1.1 + JSON over `admin.sock` (hyper), with typed routes;
+//! - [`api`]: the admin API's JSON objects as Rust types;
+//! - [`resolve`]: `VM:SERVICE` to an address, `--as VM` to a transport;
+//! - [`copy`]: the byte pumps between stdio and a connection (nc's half-close rules);
+//! - [`output`]: tables, `key: value` fields and JSON.
+//!
+//! The CLI is for Unix (it reaches hvsockd over Unix sockets).
+
+pub mod admin_client;
+pub mod api;
+pub mod cli;
+pub mod cmd;
+pub mod context;
+pub mod copy;
+pub mod output;
+pub mod resolve;
+
+use std::io::{self, Write};
+
+/// Prints `err` as the command's failure and exits 1 (quietly 0 if stdout was closed).
+pub fn exit_with(err: &cmd::CliError) -> ! {
+    if err.is_stdout_closed() {
+        std::process::exit(0);
+    }
+    let _ = writeln!(io::stderr(), "hvsock: {err}");
+    std::process::exit(1);
+}

@@ -1,0 +1,136 @@
+//! The async [`HvListener`].
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::task::{Context, Poll, ready};
+
+use ::tokio::io::Interest;
+use ::tokio::io::unix::AsyncFd;
+
+use super::stream::HvStream;
+use crate::addr::SockAddrHv;
+use crate::listener::DEFAULT_BACKLOG;
+use crate::sys;
+use crate::transport::Transport;
+
+/// A listener bound to a `(vm, service)` address in this partition, for tokio.
+///
+/// The async twin of [`crate::HvListener`] (see there for what the VM part of the address
+/// accepts). Through hvsockd it is a session with the daemon, registered with the runtime:
+/// each accepted connection is acknowledged to hvsockd, which frees a backlog slot.
+#[derive(Debug)]
+pub struct HvListener {
+    io: AsyncFd<sys::Listener>,
+}
+
+impl HvListener {
+    /// Binds `addr` through the transport the environment chooses ([`Transport::from_env`]),
+    /// with room for [`DEFAULT_BACKLOG`] unaccepted connections.
+    pub async fn bind(addr: SockAddrHv) -> io::Result<HvListener> {
+        HvListener::bind_with(&Transport::from_env()?, addr, DEFAULT_BACKLOG).await
+    }
+
+    /// Binds `addr` through `transport`, with room for `backlog` unaccepted connections
+    /// (1 to 4096). The errors are those of [`crate::HvListener::bind_with`].
+    pub async fn bind_with(
+        transport: &Transport,
+        addr: SockAddrHv,
+        backlog: u32,
+    ) -> io::Result<HvListener> {
+        let max = hvsock_proto::frame::MAX_BACKLOG;
+        if backlog == 0 || backlog > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("backlog {backlog} is out of range (1 to {max})"),
+            ));
+        }
+        let listener = match transport {
+            Transport::Provider(endpoint) => {
+                sys::Listener::Provider(super::provider::bind(endpoint, addr, backlog).await?)
+            }
+            other => return Err(other.unsupported()),
+        };
+        Ok(HvListener {
+            io: super::register(listener)?,
+        })
+    }
+
+    /// Takes over a std [`crate::HvListener`], putting it in non-blocking mode.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO enabled, as tokio's own `from_std` functions.
+    pub fn from_std(listener: crate::HvListener) -> io::Result<HvListener> {
+        listener.inner.set_nonblocking(true)?;
+        Ok(HvListener {
+            io: super::register(listener.inner)?,
+        })
+    }
+
+    /// Turns this back into a std [`crate::HvListener`]. As with tokio's `into_std`, it stays
+    /// in non-blocking mode: call `set_nonblocking(false)` to block again.
+    pub fn into_std(self) -> io::Result<crate::HvListener> {
+        Ok(crate::HvListener {
+            inner: self.io.into_inner(),
+        })
+    }
+
+    /// Waits for the next connection; returns it and the connector's address.
+    ///
+    /// Cancellation safe: if the future is dropped before it completes, no connection is taken
+    /// and the next `accept` gets it. Several tasks may wait on one listener at once.
+    pub async fn accept(&self) -> io::Result<(HvStream, SockAddrHv)> {
+        self.io.get_ref().flush();
+        let stream = self
+            .io
+            .async_io(Interest::READABLE, |listener| listener.accept())
+            .await?;
+        accepted(stream)
+    }
+
+    /// Polls for the next connection. `Poll::Pending` registers `cx`'s waker to be woken when
+    /// one waits; as with tokio's `poll_accept`, only the waker of the latest call is kept, so
+    /// use [`accept`](HvListener::accept) when several tasks share the listener.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(HvStream, SockAddrHv)>> {
+        self.io.get_ref().flush();
+        loop {
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|io| io.get_ref().accept()) {
+                Ok(Ok(stream)) => return Poll::Ready(accepted(stream)),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SockAddrHv> {
+        Ok(self.io.get_ref().local_addr())
+    }
+}
+
+/// The async stream of an accepted std stream.
+fn accepted(stream: crate::HvStream) -> io::Result<(HvStream, SockAddrHv)> {
+    let peer = stream.peer;
+    Ok((HvStream::new(stream.inner, stream.local, peer)?, peer))
+}
+
+impl AsFd for HvListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for HvListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.get_ref().as_raw_fd()
+    }
+}
+
+impl TryFrom<crate::HvListener> for HvListener {
+    type Error = io::Error;
+    /// [`HvListener::from_std`].
+    fn try_from(listener: crate::HvListener) -> io::Result<HvListener> {
+        HvListener::from_std(listener)
+    }
+}

@@ -1,0 +1,746 @@
+//! The async types without hvsockd: streams over socket pairs, a listener over a session
+//! whose other end the test plays, and connects against a fake endpoint that answers as
+//! scripted. End-to-end tests against the real hvsockd are in the workspace's
+//! `tests/async_io.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hvsock_proto::unix::{recv_frame, send_frame, seqpacket_pair, stream_pair};
+use hvsock_proto::{ErrorCode, Frame, WireAddr};
+
+use super::provider::{MAX_IDLE, idle_count};
+use super::{HvListener, HvStream};
+use crate::guid::{ServiceId, VmId};
+use crate::sys::Socket;
+use crate::sys::unix::{provider, wait_readable};
+use crate::{SockAddrHv, Transport};
+
+const SVC: ServiceId = ServiceId::from_vsock_port(4000);
+
+fn addr(vm: VmId) -> SockAddrHv {
+    SockAddrHv::new(vm, SVC)
+}
+
+fn wire(vm: VmId) -> WireAddr {
+    addr(vm).into()
+}
+
+/// An async stream over one end of a socket pair, and the other end as a std socket.
+fn stream_over_pair() -> (HvStream, std::os::unix::net::UnixStream) {
+    let (a, b) = stream_pair().unwrap();
+    let std_stream = crate::HvStream {
+        inner: Socket::from_fd(a),
+        local: addr(VmId::LOOPBACK),
+        peer: addr(VmId::PARENT),
+    };
+    (
+        HvStream::from_std(std_stream).unwrap(),
+        std::os::unix::net::UnixStream::from(b),
+    )
+}
+
+/// Two async streams connected to each other.
+fn async_pair() -> (HvStream, HvStream) {
+    let (a, b) = stream_pair().unwrap();
+    let make = |fd: OwnedFd| {
+        HvStream::new(
+            Socket::from_fd(fd),
+            addr(VmId::LOOPBACK),
+            addr(VmId::LOOPBACK),
+        )
+        .unwrap()
+    };
+    (make(a), make(b))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[::tokio::test]
+async fn bulk_both_ways_with_half_close_through_split_halves() {
+    let (client, server) = async_pair();
+    let data = pattern(4 << 20);
+    // The server echoes until EOF, then half-closes.
+    let echo = ::tokio::spawn(async move {
+        let (mut rd, mut wr) = server.into_split();
+        let n = ::tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+        wr.shutdown().await.unwrap();
+        n
+    });
+    let (mut rd, mut wr) = ::tokio::io::split(client);
+    let sent = data.clone();
+    let writer = ::tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    rd.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(echo.await.unwrap(), data.len() as u64);
+    assert!(back == data, "echoed bytes differ");
+}
+
+#[::tokio::test]
+async fn shutdown_is_a_half_close() {
+    let (mut stream, mut peer) = stream_over_pair();
+    stream.write_all(b"bye").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap(); // EOF arrives: the write side is shut
+    assert_eq!(got, b"bye");
+    // This end can still read.
+    peer.write_all(b"still here").unwrap();
+    drop(peer);
+    let mut back = String::new();
+    stream.read_to_string(&mut back).await.unwrap();
+    assert_eq!(back, "still here");
+}
+
+#[::tokio::test]
+async fn dropping_the_write_half_sends_eof_and_forget_does_not() {
+    let (stream, mut peer) = stream_over_pair();
+    let (_rd, wr) = stream.into_split();
+    drop(wr);
+    let mut buf = [0u8; 1];
+    assert_eq!(peer.read(&mut buf).unwrap(), 0);
+
+    let (stream, peer) = stream_over_pair();
+    let (_rd, wr) = stream.into_split();
+    wr.forget();
+    peer.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        (&peer).read(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+}
+
+#[::tokio::test]
+async fn halves_reunite_only_with_their_own() {
+    let (one, _p1) = stream_over_pair();
+    let (two, _p2) = stream_over_pair();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&one);
+    let (r1, w1) = one.into_split();
+    let (r2, w2) = two.into_split();
+    assert_eq!(r1.peer_addr().unwrap(), addr(VmId::PARENT));
+    assert_eq!(w2.local_addr().unwrap(), addr(VmId::LOOPBACK));
+    let super::ReuniteError(r1, w2) = r1.reunite(w2).unwrap_err();
+    let one = r1.reunite(w1).unwrap();
+    assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&one), fd);
+    r2.reunite(w2).unwrap();
+}
+
+#[::tokio::test]
+async fn from_std_and_back_keep_the_socket_and_addresses() {
+    let (stream, mut peer) = stream_over_pair();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let mut std_stream = stream.into_std().unwrap();
+    assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&std_stream), fd);
+    assert_eq!(std_stream.local_addr().unwrap(), addr(VmId::LOOPBACK));
+    assert_eq!(std_stream.peer_addr().unwrap(), addr(VmId::PARENT));
+    // Still non-blocking, as tokio's into_std leaves it.
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        std_stream.read(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    std_stream.set_nonblocking(false).unwrap();
+    peer.write_all(b"x").unwrap();
+    std_stream.read_exact(&mut buf).unwrap();
+    let mut again = HvStream::try_from(std_stream).unwrap();
+    peer.write_all(b"y").unwrap();
+    again.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"y");
+}
+
+#[::tokio::test]
+async fn a_read_loses_to_a_timer_in_select_and_loses_no_bytes() {
+    let (mut stream, mut peer) = stream_over_pair();
+    let mut buf = [0u8; 4];
+    ::tokio::select! {
+        _ = stream.read(&mut buf) => panic!("nothing was sent"),
+        () = ::tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    peer.write_all(b"late").unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"late");
+}
+
+#[::tokio::test]
+async fn copy_bidirectional_joins_two_streams() {
+    let (mut a_near, a_far) = async_pair();
+    let (mut b_near, b_far) = async_pair();
+    let proxy =
+        ::tokio::spawn(
+            async move { ::tokio::io::copy_bidirectional(&mut a_near, &mut b_near).await },
+        );
+    let (mut a_far, mut b_far) = (a_far, b_far);
+    a_far.write_all(b"to b").await.unwrap();
+    a_far.shutdown().await.unwrap();
+    b_far.write_all(b"to a").await.unwrap();
+    b_far.shutdown().await.unwrap();
+    let (mut at_a, mut at_b) = (String::new(), String::new());
+    a_far.read_to_string(&mut at_a).await.unwrap();
+    b_far.read_to_string(&mut at_b).await.unwrap();
+    assert_eq!((at_a.as_str(), at_b.as_str()), ("to a", "to b"));
+    assert_eq!(proxy.await.unwrap().unwrap(), (4, 4));
+}
+
+// ---- the listener, with the test playing hvsockd on the session's other end ----
+
+/// An async listener whose session's other end is returned.
+fn listener_over_pair() -> (HvListener, OwnedFd) {
+    let (ours, daemon) = seqpacket_pair().unwrap();
+    let bound = hvsock_proto::unix::Received {
+        frame: Frame::Bound {
+            req: 1,
+            local: wire(VmId::WILDCARD),
+        },
+        fd: None,
+    };
+    let inner = crate::sys::Listener::Provider(provider::Listener::bound(ours, bound).unwrap());
+    let listener = HvListener::from_std(crate::HvListener { inner }).unwrap();
+    (listener, daemon)
+}
+
+/// Offers one connection on the session, as hvsockd does; returns the connector's end.
+fn offer(daemon: &OwnedFd, from: VmId) -> std::os::unix::net::UnixStream {
+    let (theirs, ours) = stream_pair().unwrap();
+    let frame = Frame::Incoming {
+        local: wire(VmId::WILDCARD),
+        peer: wire(from),
+    };
+    send_frame(daemon, &frame, Some(ours.as_fd()), false).unwrap();
+    std::os::unix::net::UnixStream::from(theirs)
+}
+
+/// The total of the `Ack` counts waiting on the daemon's end.
+fn acks(daemon: &OwnedFd) -> u32 {
+    let mut total = 0;
+    while let Ok(received) = recv_frame(daemon, true) {
+        match received.frame {
+            Frame::Ack { count } => total += count,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    total
+}
+
+#[::tokio::test]
+async fn accept_takes_an_incoming_connection_and_acks_it() {
+    let (listener, daemon) = listener_over_pair();
+    assert_eq!(listener.local_addr().unwrap(), addr(VmId::WILDCARD));
+    let vm = VmId(crate::Guid::new_random());
+    let mut connector = offer(&daemon, vm);
+    let (mut stream, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer, addr(vm));
+    assert_eq!(stream.peer_addr().unwrap(), addr(vm));
+    assert_eq!(acks(&daemon), 1);
+    connector.write_all(b"hi").unwrap();
+    let mut buf = [0u8; 2];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    // poll_accept too.
+    let _c2 = offer(&daemon, vm);
+    let (_s2, peer) = std::future::poll_fn(|cx| listener.poll_accept(cx))
+        .await
+        .unwrap();
+    assert_eq!(peer, addr(vm));
+    assert_eq!(acks(&daemon), 1);
+}
+
+#[::tokio::test]
+async fn dropping_an_accept_future_loses_no_connection() {
+    let (listener, daemon) = listener_over_pair();
+    for round in 0..20u32 {
+        // A pending accept, dropped by the timer.
+        ::tokio::select! {
+            _ = listener.accept() => panic!("nothing was offered in round {round}"),
+            () = ::tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        let _connector = offer(&daemon, VmId::LOOPBACK);
+        // And one that may or may not win against a timer of zero.
+        let won = ::tokio::select! {
+            biased;
+            () = ::tokio::time::sleep(Duration::ZERO) => None,
+            accepted = listener.accept() => Some(accepted.unwrap()),
+        };
+        if won.is_none() {
+            ::tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .expect("the offered connection was lost")
+                .unwrap();
+        }
+    }
+    assert_eq!(acks(&daemon), 20);
+}
+
+#[::tokio::test]
+async fn an_ack_that_would_block_is_sent_by_the_next_accept_call() {
+    let (listener, daemon) = listener_over_pair();
+    // Fill the listener's send buffer, as a hvsockd that stopped reading would.
+    let fill = Frame::Ack { count: 0 };
+    let mut filled = 0;
+    while send_frame(listener.as_fd(), &fill, None, true).is_ok() {
+        filled += 1;
+    }
+    assert!(filled > 0);
+    let _c = offer(&daemon, VmId::LOOPBACK);
+    listener.accept().await.unwrap(); // its Ack would block: carried
+    assert_eq!(acks(&daemon), 0, "the filler acks count 0");
+    // hvsockd reads again; the next accept call sends the carried ack before it waits.
+    ::tokio::select! {
+        _ = listener.accept() => panic!("nothing was offered"),
+        () = ::tokio::time::sleep(Duration::from_millis(20)) => {}
+    }
+    assert_eq!(acks(&daemon), 1);
+}
+
+#[::tokio::test]
+async fn a_session_closed_by_hvsockd_fails_accept_with_connection_aborted() {
+    let (listener, daemon) = listener_over_pair();
+    drop(daemon);
+    let err = listener.accept().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+}
+
+#[::tokio::test]
+async fn listener_into_std_and_back() {
+    let (listener, daemon) = listener_over_pair();
+    let std_listener = listener.into_std().unwrap();
+    std_listener.set_nonblocking(false).unwrap();
+    let _c = offer(&daemon, VmId::LOOPBACK);
+    std_listener.accept().unwrap();
+    let listener = HvListener::try_from(std_listener).unwrap();
+    let _c = offer(&daemon, VmId::LOOPBACK);
+    listener.accept().await.unwrap();
+    assert_eq!(acks(&daemon), 2);
+}
+
+// ---- connect and bind against a fake endpoint ----
+
+/// What the fake hvsockd answers to a frame.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// `Connected` with a new socket pair's end (the other end goes to the test).
+    Connected,
+    /// `Connected`, then close the session.
+    ConnectedThenClose,
+    /// `Error` with this code for the request.
+    Error(ErrorCode),
+    /// `Error` with request id 0 (the whole session), then close it.
+    SessionError,
+    /// Nothing.
+    Silent,
+    /// `Bound`.
+    Bound,
+}
+
+/// A fake hvsockd endpoint on a temp path, served by threads until dropped.
+struct Fake {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    sessions: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    far_ends: Mutex<mpsc::Receiver<OwnedFd>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Fake {
+    fn start(reply: impl Fn(&Frame) -> Reply + Send + Sync + 'static) -> Fake {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.sock");
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&sock, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&sock, 64).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel();
+        let reply = Arc::new(reply);
+        let thread = {
+            let (stop, sessions, closed) = (stop.clone(), sessions.clone(), closed.clone());
+            std::thread::spawn(move || {
+                let mut served = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    if !wait_readable(sock.as_fd(), Some(Duration::from_millis(20))).unwrap() {
+                        continue;
+                    }
+                    let Ok(fd) = rustix::net::accept_with(&sock, SocketFlags::CLOEXEC) else {
+                        continue;
+                    };
+                    sessions.fetch_add(1, Ordering::AcqRel);
+                    let (stop, closed, tx, reply) =
+                        (stop.clone(), closed.clone(), tx.clone(), reply.clone());
+                    served.push(std::thread::spawn(move || {
+                        serve(fd, &stop, &*reply, &tx);
+                        closed.fetch_add(1, Ordering::AcqRel);
+                    }));
+                }
+                for t in served {
+                    t.join().unwrap();
+                }
+            })
+        };
+        Fake {
+            _dir: dir,
+            path,
+            stop,
+            sessions,
+            closed,
+            far_ends: Mutex::new(rx),
+            thread: Some(thread),
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::provider(&self.path)
+    }
+
+    fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// The far end of the last `Connected` connection.
+    fn far_end(&self) -> std::os::unix::net::UnixStream {
+        let fd = self
+            .far_ends
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+        std::os::unix::net::UnixStream::from(fd)
+    }
+
+    fn wait_closed(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.closed.load(Ordering::Acquire) < n {
+            assert!(Instant::now() < deadline, "no session closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    fd: OwnedFd,
+    stop: &AtomicBool,
+    reply: &(dyn Fn(&Frame) -> Reply + Send + Sync),
+    far_ends: &mpsc::Sender<OwnedFd>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        if !wait_readable(fd.as_fd(), Some(Duration::from_millis(20))).unwrap() {
+            continue;
+        }
+        let Ok(received) = recv_frame(&fd, true) else {
+            return; // closed (or garbage): end the session
+        };
+        let req = match &received.frame {
+            Frame::Connect { req, .. } | Frame::Bind { req, .. } => *req,
+            _ => 0,
+        };
+        let answer = reply(&received.frame);
+        match answer {
+            Reply::Connected | Reply::ConnectedThenClose => {
+                let Frame::Connect { target, .. } = received.frame else {
+                    panic!("Connected for {:?}", received.frame)
+                };
+                let (near, far) = stream_pair().unwrap();
+                let frame = Frame::Connected {
+                    req,
+                    local: WireAddr {
+                        vm: *VmId::LOOPBACK.0.as_bytes(),
+                        service: target.service,
+                    },
+                    peer: target,
+                };
+                send_frame(&fd, &frame, Some(near.as_fd()), false).unwrap();
+                far_ends.send(far).unwrap();
+                if matches!(answer, Reply::ConnectedThenClose) {
+                    return;
+                }
+            }
+            Reply::Error(code) => {
+                let frame = Frame::Error {
+                    req,
+                    code,
+                    message: format!("fake says {code:?}"),
+                };
+                send_frame(&fd, &frame, None, false).unwrap();
+            }
+            Reply::SessionError => {
+                let frame = Frame::Error {
+                    req: 0,
+                    code: ErrorCode::Protocol,
+                    message: "fake closes the session".into(),
+                };
+                send_frame(&fd, &frame, None, false).unwrap();
+                return;
+            }
+            Reply::Silent => {}
+            Reply::Bound => {
+                let Frame::Bind { addr, .. } = received.frame else {
+                    panic!("Bound for {:?}", received.frame)
+                };
+                send_frame(&fd, &Frame::Bound { req, local: addr }, None, false).unwrap();
+            }
+        }
+    }
+}
+
+const T: Duration = Duration::from_secs(2);
+
+#[::tokio::test]
+async fn connect_gets_the_socket_hvsockd_passes_and_reuses_the_session() {
+    let fake = Fake::start(|_| Reply::Connected);
+    let target = addr(VmId::PARENT);
+    for i in 0..3u8 {
+        let mut stream = HvStream::connect_with(&fake.transport(), target, T)
+            .await
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), target);
+        assert_eq!(stream.local_addr().unwrap(), addr(VmId::LOOPBACK));
+        let mut far = fake.far_end();
+        far.write_all(&[i]).unwrap();
+        let mut buf = [0u8; 1];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [i]);
+    }
+    assert_eq!(
+        fake.sessions(),
+        1,
+        "one control connection served all three"
+    );
+    assert_eq!(idle_count(&fake.path), 1);
+}
+
+#[test]
+fn a_pooled_control_connection_outlives_the_runtime_that_used_it() {
+    let fake = Fake::start(|_| Reply::Connected);
+    for _ in 0..3 {
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(HvStream::connect_with(
+            &fake.transport(),
+            addr(VmId::PARENT),
+            T,
+        ))
+        .unwrap();
+        drop(rt);
+    }
+    assert_eq!(fake.sessions(), 1);
+}
+
+#[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connects_use_their_own_sessions_and_the_pool_keeps_a_few() {
+    let n = MAX_IDLE + 8;
+    // The fake answers no connect before all n have arrived, so all are in flight at once.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let fake = {
+        let arrived = arrived.clone();
+        Fake::start(move |_| {
+            arrived.fetch_add(1, Ordering::AcqRel);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while arrived.load(Ordering::Acquire) < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Reply::Connected
+        })
+    };
+    let transport = fake.transport();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let t = transport.clone();
+            ::tokio::spawn(async move { HvStream::connect_with(&t, addr(VmId::PARENT), T).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(arrived.load(Ordering::Acquire), n);
+    assert_eq!(
+        fake.sessions(),
+        n,
+        "one control connection per connect in flight"
+    );
+    assert_eq!(
+        idle_count(&fake.path),
+        MAX_IDLE,
+        "the pool keeps at most MAX_IDLE"
+    );
+    // The next connects reuse them.
+    HvStream::connect_with(&transport, addr(VmId::PARENT), T)
+        .await
+        .unwrap();
+    assert_eq!(fake.sessions(), n);
+}
+
+#[::tokio::test]
+async fn refusals_map_to_the_std_error_kinds_and_keep_the_session() {
+    let codes = [
+        (ErrorCode::Refused, ErrorKind::ConnectionRefused),
+        (ErrorCode::Denied, ErrorKind::PermissionDenied),
+        (ErrorCode::Unreachable, ErrorKind::HostUnreachable),
+        (ErrorCode::TimedOut, ErrorKind::TimedOut),
+    ];
+    for (code, kind) in codes {
+        let fake = Fake::start(move |_| Reply::Error(code));
+        let err = HvStream::connect_with(&fake.transport(), addr(VmId::PARENT), T)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.to_string().contains("fake says"), "{err}");
+        // The std client gives the same.
+        let std_err =
+            crate::HvStream::connect_with(&fake.transport(), addr(VmId::PARENT), T).unwrap_err();
+        assert_eq!(std_err.kind(), kind);
+        assert_eq!(
+            idle_count(&fake.path),
+            1,
+            "a refused connect keeps its session"
+        );
+    }
+}
+
+#[::tokio::test]
+async fn a_pooled_session_that_hvsockd_closed_is_replaced() {
+    let fake = Fake::start(|_| Reply::ConnectedThenClose);
+    let t = fake.transport();
+    HvStream::connect_with(&t, addr(VmId::PARENT), T)
+        .await
+        .unwrap();
+    fake.wait_closed(1);
+    assert_eq!(idle_count(&fake.path), 1, "pooled before hvsockd closed it");
+    HvStream::connect_with(&t, addr(VmId::PARENT), T)
+        .await
+        .unwrap();
+    assert_eq!(fake.sessions(), 2);
+}
+
+#[::tokio::test]
+async fn a_session_wide_error_fails_the_connect_and_drops_the_session() {
+    let fake = Fake::start(|_| Reply::SessionError);
+    let err = HvStream::connect_with(&fake.transport(), addr(VmId::PARENT), T)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fake closes the session"), "{err}");
+    assert_eq!(idle_count(&fake.path), 0);
+}
+
+#[::tokio::test]
+async fn an_unresponsive_hvsockd_times_out_after_the_grace() {
+    let fake = Fake::start(|_| Reply::Silent);
+    let started = Instant::now();
+    let err = HvStream::connect_with(
+        &fake.transport(),
+        addr(VmId::PARENT),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(idle_count(&fake.path), 0);
+}
+
+#[::tokio::test]
+async fn a_dropped_connect_closes_its_session_instead_of_pooling_it() {
+    let fake = Fake::start(|_| Reply::Silent);
+    let t = fake.transport();
+    ::tokio::select! {
+        _ = HvStream::connect_with(&t, addr(VmId::PARENT), T) => panic!("answered"),
+        () = ::tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    fake.wait_closed(1);
+    assert_eq!(idle_count(&fake.path), 0);
+}
+
+#[::tokio::test]
+async fn bind_through_the_fake_and_its_refusal() {
+    let fake = Fake::start(|frame| match frame {
+        Frame::Bind { backlog: 7, .. } => Reply::Error(ErrorCode::AddrInUse),
+        _ => Reply::Bound,
+    });
+    let listener = HvListener::bind_with(&fake.transport(), addr(VmId::CHILDREN), 8)
+        .await
+        .unwrap();
+    assert_eq!(listener.local_addr().unwrap(), addr(VmId::CHILDREN));
+    let err = HvListener::bind_with(&fake.transport(), addr(VmId::CHILDREN), 7)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+}
+
+#[::tokio::test]
+async fn a_missing_endpoint_says_to_start_hvsockd() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Transport::provider(dir.path().join("nothing.sock"));
+    let err = HvStream::connect_with(&t, addr(VmId::PARENT), T)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("is hvsockd running?"), "{err}");
+    let err = HvListener::bind_with(&t, addr(VmId::WILDCARD), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[::tokio::test]
+async fn bad_arguments_and_other_transports_are_refused_like_std() {
+    let t = Transport::provider(Path::new("/nonexistent/hvsock.sock"));
+    let err = HvStream::connect_with(&t, addr(VmId::PARENT), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    for backlog in [0, 4097] {
+        let err = HvListener::bind_with(&t, addr(VmId::WILDCARD), backlog)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
+    // HyperV is never available on Unix (and Vsock must not be opened on this machine).
+    let hyperv = Transport::HyperV;
+    let err = HvStream::connect_with(&hyperv, addr(VmId::PARENT), T)
+        .await
+        .unwrap_err();
+    let std_err = crate::HvStream::connect_with(&hyperv, addr(VmId::PARENT), T).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert_eq!(err.to_string(), std_err.to_string());
+    let err = HvListener::bind_with(&hyperv, addr(VmId::WILDCARD), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+}
