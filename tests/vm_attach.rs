@@ -651,3 +651,87 @@ fn stale_guest_sockets_go_at_start_and_open_ones_at_stop() {
     assert!(d.stop(), "hvsockd did not stop cleanly");
     assert!(!is_socket(&guest_port(&path, 2761)), "left behind at stop");
 }
+
+#[test]
+fn the_cli_attaches_a_vm_and_connects_into_its_guest() {
+    let d = Daemon::start();
+    let dir = vm_dir();
+    let path = dir.path().join("vm.vsock");
+    let vmm = FakeVmm::start(&path, Behavior::Ok { drop_first: 1 });
+    let run = |args: &[&str]| {
+        let out = d
+            .cli()
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A relative PATH is taken from the CLI's working directory.
+    let (code, stdout, stderr) = run(&["vm", "add", "vm1", "--hybrid-vsock", "vm.vsock"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let vm = VmId::parse(stdout.trim()).unwrap();
+    let (code, stdout, stderr) = run(&["service", "add", "agent", "--port", "2761"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let svc = ServiceId::parse(stdout.trim()).unwrap();
+    let _l = HvListener::bind_with(&d.host(), SockAddrHv::new(VmId::WILDCARD, svc), 8).unwrap();
+    expect_port(&path, 2761, true);
+    let (code, stdout, stderr) = run(&["vm", "show", "vm1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&vm.to_string()), "{stdout}");
+    assert!(stdout.contains(&path.display().to_string()), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("guest_ports") && l.ends_with("2761")),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&[
+        "vm",
+        "add",
+        "vm2",
+        "--hybrid-vsock",
+        "/nonexistent-hvsock/x",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    // hvsock connect vm1:agent reaches the guest (after one dropped handshake).
+    let mut connect = d
+        .cli()
+        .args(["connect", "vm1:agent"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guest = vmm.guest();
+    connect.stdin.take().unwrap().write_all(b"ping\n").unwrap(); // then EOF: half-close
+    let mut line = String::new();
+    BufReader::new(&guest).read_line(&mut line).unwrap();
+    assert_eq!(line, "ping\n");
+    guest.write_all(b"pong\n").unwrap();
+    drop(guest);
+    let out = connect.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"pong\n");
+
+    // A service that is not a port cannot cross, and the CLI says how to make one that can.
+    let (code, _, stderr) = run(&["service", "add", "guid-only"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = run(&["connect", "vm1:guid-only"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("only vsock-template services") && stderr.contains("--port N"),
+        "{stderr}"
+    );
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! hvsock service add NAME [--id GUID | --port N] [--disabled]   # prints the service GUID
 //! hvsock service list | show ID|NAME | enable ID|NAME | disable ID|NAME | remove ID|NAME
-//! hvsock vm add NAME [--id GUID] [--parent ID|NAME]             # prints the VmId
+//! hvsock vm add NAME [--id GUID] [--parent ID|NAME] [--hybrid-vsock PATH]   # prints the VmId
 //! hvsock vm list | show ID|NAME | remove ID|NAME
 //! hvsock listen [--as VM] [--keep] ADDR
 //! hvsock connect [--as VM] [--timeout MS] ADDR

@@ -48,6 +48,13 @@ impl HvListener {
             Transport::Provider(endpoint) => {
                 sys::Listener::Provider(super::provider::bind(endpoint, addr, backlog).await?)
             }
+            // Binding a vsock socket never waits.
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => {
+                let listener = sys::unix::vsock::Listener::bind(addr, backlog)?;
+                listener.set_nonblocking(true)?;
+                sys::Listener::Vsock(listener)
+            }
             other => return Err(other.unsupported()),
         };
         Ok(HvListener {
