@@ -1,5 +1,7 @@
 //! The `hvsock` binary: parses the command line and runs it (see the `hvsock_cli` library).
 
+#![allow(clippy::result_large_err)] // see the library's root
+
 use std::io::{self, Write};
 use std::process::ExitCode;
 

@@ -97,9 +97,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 /// An admin API client, or the error of not having one, said as `doing`.
-pub fn admin<'a>(
-    ctx: &'a Context,
+pub fn admin(
+    ctx: &Context,
     doing: impl FnOnce() -> String,
-) -> Result<&'a crate::admin_client::AdminClient, CliError> {
+) -> Result<&crate::admin_client::AdminClient, CliError> {
     ctx.admin().doing(doing)
 }
