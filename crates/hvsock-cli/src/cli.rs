@@ -144,14 +144,14 @@ pub enum ServiceCommand {
 pub enum VmCommand {
     /// Add a sandbox partition, or a VM with --hybrid-vsock, and print its VmId.
     ///
-    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/<vmid>.sock, to be
+    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/VMID.sock, to be
     /// bind-mounted into the sandbox.
     ///
     /// A VM (--hybrid-vsock PATH): PATH is the Unix socket its VMM serves for the guest's
     /// vsock device (Firecracker `uds_path`, Cloud Hypervisor `--vsock socket=PATH`,
     /// vhost-device-vsock `--uds-path PATH`); its directory must exist. hvsockd connects into
-    /// the guest through PATH, and listens on PATH_<port> while a host listener the guest may
-    /// reach exists for that port. Only vsock-template services (`hvsock service add NAME
+    /// the guest through PATH, and listens on PATH_N while a host listener the guest may
+    /// reach exists for port N. Only vsock-template services (`hvsock service add NAME
     /// --port N`) cross into or out of a guest: a guest has ports, not GUIDs. The VM's
     /// identity is the attachment; nothing the guest says changes it.
     ///

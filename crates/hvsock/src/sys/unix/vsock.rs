@@ -207,9 +207,13 @@ fn socket() -> io::Result<Sock2> {
 }
 
 fn set_connect_timeout(sock: &Sock2, timeout: Duration) -> io::Result<()> {
+    // Connect timeouts are at most 300 s (`HVSOCKET_CONNECT_TIMEOUT_MAX`), so the fields'
+    // types (64-bit or not, glibc or musl) never truncate them. Infallible on 64-bit targets,
+    // not on 32-bit ones, whose `suseconds_t` is an i32.
+    #[allow(clippy::unnecessary_fallible_conversions)]
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        tv_sec: timeout.as_secs().try_into().unwrap_or(300),
+        tv_usec: timeout.subsec_micros().try_into().unwrap_or(0),
     };
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>())
         .map_err(|_| io::Error::other("timeval size"))?;
