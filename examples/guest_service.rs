@@ -22,6 +22,8 @@
 //! host> world
 //! ```
 //!
+//! In a Windows VM it connects over `AF_HYPERV` with no setting (see `docs/windows.md`).
+//!
 //! Connection details go to stderr; stdout carries only the replies. A refused or failed
 //! connect exits 1 with the reason.
 

@@ -42,6 +42,9 @@
 //!
 //! Inside a real VM the guest side needs no hvsockd: run it with `HVSOCK_TRANSPORT=vsock`
 //! (the service must then be a vsock port).
+//!
+//! On a Windows Hyper-V host, run it without `--dir`: it binds `AF_HYPERV` (register the service
+//! first, see `docs/windows.md`).
 
 use std::io;
 use std::path::PathBuf;

@@ -274,9 +274,16 @@ impl AdminClient {
             socket: self.socket.clone(),
             source: e,
         };
+        #[cfg(unix)]
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.connect_error(e))?;
+        // admin.sock is a Unix socket: there is none to reach elsewhere.
+        #[cfg(not(unix))]
+        let stream: tokio::net::TcpStream = Err(self.connect_error(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "hvsockd's admin API is a Unix socket, and hvsockd runs on Linux only",
+        )))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http(e.into()))?;
@@ -444,6 +451,8 @@ mod tests {
     }
 
     #[test]
+    // hvsockd's admin API is a Unix socket.
+    #[cfg(unix)]
     fn a_missing_socket_says_hvsockd_is_not_running_and_how_to_start_it() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path();
@@ -457,6 +466,8 @@ mod tests {
     }
 
     #[test]
+    // hvsockd's admin API is a Unix socket.
+    #[cfg(unix)]
     fn a_stale_socket_refuses_and_says_so() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path();
@@ -468,6 +479,8 @@ mod tests {
     }
 
     #[test]
+    // hvsockd's admin API is a Unix socket.
+    #[cfg(unix)]
     fn a_silent_server_times_out() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path();

@@ -11,16 +11,32 @@ use clap::{Args, Parser, Subcommand};
 use hvsock::addr::{AddrError, check_partition_name, check_service_name};
 use hvsock::{AddrSpec, ServiceId, VmId};
 
-const ADDRESSES: &str = "\
+macro_rules! address_help {
+    () => {
+        "\
 Addresses (ADDR) are VM:SERVICE.
   VM       a GUID, a partition name (`host` is the root), or one of
            wildcard, zero, children, loopback, parent, broadcast, silohost
   SERVICE  a GUID, a registered service name, or a decimal vsock port
            (2761 is 00000ac9-facb-11e6-bd58-64006a7986d3)
-Names are resolved through hvsockd's admin API; GUIDs, keywords and ports need no API.
+Names are resolved through hvsockd's admin API; GUIDs, keywords and ports need no API."
+    };
+}
 
+macro_rules! exit_status_help {
+    () => {
+        "\
 Exit status: 0 on success, 1 when the command failed (the reason is on stderr),
-2 for a malformed command line.";
+2 for a malformed command line."
+    };
+}
+
+/// What `VM:SERVICE` means: in `--help`, and the ADDRESSES section of the manual pages.
+pub const ADDRESS_HELP: &str = address_help!();
+/// The exit codes: in `--help`, and the EXIT STATUS section of the manual pages.
+pub const EXIT_STATUS_HELP: &str = exit_status_help!();
+/// The text after `--help` of commands that take an address.
+pub const ADDRESSES: &str = concat!(address_help!(), "\n\n", exit_status_help!());
 
 /// Manage hvsockd's services and partitions, and listen or connect like nc.
 #[derive(Debug, Parser)]
@@ -75,6 +91,25 @@ pub enum Command {
     /// Connections established and refused (by reason) per connecting partition and service,
     /// bound listeners per partition and service, and clients dropped for protocol errors.
     Stats(JsonFlag),
+    /// Print the completion script for SHELL.
+    ///
+    /// bash: `hvsock completions bash > /usr/share/bash-completion/completions/hvsock`;
+    /// zsh: `hvsock completions zsh > /usr/share/zsh/vendor-completions/_hvsock`;
+    /// fish: `hvsock completions fish > /usr/share/fish/vendor_completions.d/hvsock.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page hvsock(1), or write every page into DIR.
+    ///
+    /// With --output DIR: hvsock.1 and one page per command (hvsock-service.1,
+    /// hvsock-service-add.1, ...), generated from the same definition as --help.
+    Man {
+        /// Write every page into DIR (created if missing) instead of hvsock.1 to stdout.
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `--json`.

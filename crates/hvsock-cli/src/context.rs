@@ -55,6 +55,12 @@ impl Context {
 
     /// The admin API client.
     pub fn admin(&self) -> Result<&AdminClient, AdminError> {
+        if cfg!(windows) {
+            return Err(AdminError::Locate(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "hvsockd and its admin API run on Linux only; on Windows Hyper-V is the provider",
+            )));
+        }
         if let Some(client) = self.admin.get() {
             return Ok(client);
         }
@@ -90,6 +96,8 @@ mod tests {
     }
 
     #[test]
+    // hvsockd's admin API is a Unix socket.
+    #[cfg(unix)]
     fn an_explicit_dir_names_itself_in_the_start_hint() {
         let ctx = Context::new(Some(PathBuf::from("/srv/hv")));
         let admin = ctx.admin().expect("client");

@@ -14,17 +14,23 @@
 //! closed before taking all of stdin) are errors, so that a script sees a non-zero exit when
 //! bytes were lost.
 //!
+//! On Windows a thread cannot wait on stdin (a console or a pipe) and a socket at once, so the
+//! stdin direction only reads stdin: a peer that closes the connection entirely is noticed at
+//! the next send or at stdin's EOF, not while stdin is idle.
+//!
 //! [`drain`] (`listen --keep`) is one direction only: what a peer sends goes to stdout, each
 //! chunk written whole under the stdout lock, so that concurrent connections never interleave
 //! mid-chunk.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+#[cfg(unix)]
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread;
 
 use hvsock::HvStream;
+#[cfg(unix)]
 use rustix::event::{PollFd, PollFlags, poll};
 
 /// The size of one read.
@@ -112,6 +118,7 @@ fn recv_to_stdout(stream: &HvStream) -> Result<(), CopyError> {
 }
 
 /// What woke the stdin direction.
+#[cfg(unix)]
 enum Ready {
     /// stdin has bytes or EOF.
     Stdin,
@@ -119,6 +126,7 @@ enum Ready {
     PeerGone,
 }
 
+#[cfg(unix)]
 fn wait_for_stdin(stdin: &impl AsFd, stream: &HvStream) -> Result<Ready, CopyError> {
     loop {
         let mut fds = [
@@ -140,11 +148,11 @@ fn wait_for_stdin(stdin: &impl AsFd, stream: &HvStream) -> Result<Ready, CopyErr
 }
 
 /// stdin to the socket until EOF (then half-close) or the peer's full close.
+#[cfg(unix)]
 fn send_stdin(stream: &HvStream) -> Result<(), CopyError> {
     let stdin = io::stdin();
     let fd = stdin.as_fd();
     let mut buf = vec![0u8; CHUNK];
-    let mut writer = stream;
     loop {
         if let Ready::PeerGone = wait_for_stdin(&fd, stream)? {
             return Ok(());
@@ -157,22 +165,51 @@ fn send_stdin(stream: &HvStream) -> Result<(), CopyError> {
             Err(e) => return Err(CopyError::Stdin(e.into())),
         };
         if n == 0 {
-            return match stream.shutdown(Shutdown::Write) {
-                Ok(()) => Ok(()),
-                // The peer is gone entirely: there is nothing left to tell.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                Err(e) => Err(CopyError::Send(e)),
-            };
+            return half_close(stream);
         }
-        if let Err(e) = writer.write_all(&buf[..n]) {
-            return Err(match e.kind() {
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                    CopyError::PeerClosed(e)
-                }
-                _ => CopyError::Send(e),
-            });
-        }
+        send(stream, &buf[..n])?;
     }
+}
+
+/// stdin to the socket until EOF (then half-close), with blocking reads (see the module docs).
+#[cfg(not(unix))]
+fn send_stdin(stream: &HvStream) -> Result<(), CopyError> {
+    let mut stdin = io::stdin().lock();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The writer of a pipe went away: that is its end.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+            Err(e) => return Err(CopyError::Stdin(e)),
+        };
+        if n == 0 {
+            return half_close(stream);
+        }
+        send(stream, &buf[..n])?;
+    }
+}
+
+/// stdin's EOF: `shutdown(Write)`, so that the peer reads EOF.
+fn half_close(stream: &HvStream) -> Result<(), CopyError> {
+    match stream.shutdown(Shutdown::Write) {
+        Ok(()) => Ok(()),
+        // The peer is gone entirely: there is nothing left to tell.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err(CopyError::Send(e)),
+    }
+}
+
+/// One chunk of stdin to the peer.
+fn send(stream: &HvStream, chunk: &[u8]) -> Result<(), CopyError> {
+    let mut writer = stream;
+    writer.write_all(chunk).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => CopyError::PeerClosed(e),
+        _ => CopyError::Send(e),
+    })
 }
 
 /// What a peer sends, to stdout in whole chunks, until its half-close; then the connection is

@@ -26,12 +26,19 @@
 //! - [`api`]: the admin API's JSON objects as Rust types;
 //! - [`resolve`]: `VM:SERVICE` to an address, `--as VM` to a transport;
 //! - [`copy`]: the byte pumps between stdio and a connection (nc's half-close rules);
-//! - [`output`]: tables, `key: value` fields and JSON.
+//! - [`output`]: tables, `key: value` fields and JSON;
+//! - `hyperv_registry` (Windows): `hvsock service …` on the Hyper-V host's registry.
 //!
-//! The CLI is for Unix (it reaches hvsockd over Unix sockets).
+//! # Windows
+//!
+//! There is no hvsockd on Windows: Hyper-V itself is the provider. `hvsock service
+//! add|list|show|remove` manage the host's registry of services directly (see
+//! `hyperv_registry`), `listen` and `connect` use `AF_HYPERV`, and SERVICE names in
+//! addresses are looked up in that registry. `service enable|disable`, `vm …`, `stats`,
+//! `--as` and `--dir` belong to hvsockd and fail with a message that says why.
 
-// CliError carries the admin API's and the resolver's detailed errors (paths, what was being
-// done); each command returns it once, so its size costs nothing worth boxing for.
+// A command fails once, on its way out: the size of its error costs nothing measurable, and
+// boxing every variant would only add noise (clippy 1.95 started to flag it).
 #![allow(clippy::result_large_err)]
 
 pub mod admin_client;
@@ -40,6 +47,8 @@ pub mod cli;
 pub mod cmd;
 pub mod context;
 pub mod copy;
+#[cfg(any(windows, test))]
+pub mod hyperv_registry;
 pub mod output;
 pub mod resolve;
 

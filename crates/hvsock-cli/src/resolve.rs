@@ -81,6 +81,20 @@ pub enum ResolveError {
     /// The environment asks for a transport that cannot be used.
     #[error("choosing the transport: {0}")]
     Transport(#[source] io::Error),
+    /// A partition name on Windows, where partitions are Hyper-V's VMs.
+    #[error(
+        "{name:?} is a partition name, and partition names are hvsockd's (Linux); on Windows give \
+         the VM's GUID (PowerShell: (Get-VM NAME).Id) or a keyword: parent, wildcard, children, \
+         loopback"
+    )]
+    PartitionName {
+        /// The name.
+        name: String,
+    },
+    /// The Hyper-V registry could not tell a service name's GUID (Windows).
+    #[cfg(any(windows, test))]
+    #[error("resolving the service name: {0}")]
+    Registry(#[from] crate::hyperv_registry::RegistryError),
 }
 
 /// An address with the names it was resolved from or to.
@@ -120,6 +134,11 @@ fn lookup_error(what: &'static str, name: &str, e: AdminError) -> ResolveError {
 
 /// A partition's id by name, through the admin API.
 pub fn partition_id(ctx: &Context, name: &str) -> Result<(VmId, bool), ResolveError> {
+    if cfg!(windows) {
+        return Err(ResolveError::PartitionName {
+            name: name.to_owned(),
+        });
+    }
     let admin = ctx
         .admin()
         .map_err(|e| lookup_error("partition", name, e))?;
@@ -129,7 +148,15 @@ pub fn partition_id(ctx: &Context, name: &str) -> Result<(VmId, bool), ResolveEr
     Ok((reply.value.id, reply.value.is_root()))
 }
 
+/// A service's id by name, through the Hyper-V registry's `ElementName`s (Windows).
+#[cfg(windows)]
+pub fn service_id(_ctx: &Context, name: &str) -> Result<ServiceId, ResolveError> {
+    let registry = crate::hyperv_registry::system();
+    Ok(crate::hyperv_registry::service_id_by_name(&registry, name)?)
+}
+
 /// A service's id by name, through the admin API.
+#[cfg(not(windows))]
 pub fn service_id(ctx: &Context, name: &str) -> Result<ServiceId, ResolveError> {
     let admin = ctx.admin().map_err(|e| lookup_error("service", name, e))?;
     let reply = admin
@@ -166,6 +193,12 @@ pub fn resolve(ctx: &Context, raw: &str, spec: &AddrSpec) -> Result<Resolved, Re
 /// Fills in the names of ids that were given as GUIDs or ports, if the admin API is reachable
 /// and knows them; silently leaves them out otherwise.
 pub fn name_ids(ctx: &Context, resolved: &mut Resolved) {
+    #[cfg(windows)]
+    if resolved.service_name.is_none() {
+        let registry = crate::hyperv_registry::system();
+        resolved.service_name =
+            crate::hyperv_registry::name_of(&registry, resolved.addr.service_id);
+    }
     let Ok(admin) = ctx.admin() else { return };
     if resolved.vm_name.is_none() && resolved.vm_keyword.is_none() {
         match admin.partition(&resolved.addr.vm_id.to_string()) {
@@ -284,6 +317,8 @@ mod tests {
     }
 
     #[test]
+    // hvsockd's admin API is a Unix socket.
+    #[cfg(unix)]
     fn names_without_an_api_say_what_they_need() {
         let (_tmp, ctx) = offline();
         let spec = AddrSpec::parse("parent:echo").expect("parses");

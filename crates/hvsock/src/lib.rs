@@ -34,7 +34,7 @@
 //!   `AF_VSOCK` inside a Linux guest, or `AF_HYPERV` on Windows; always chosen explicitly;
 //! - [`HvStream`], [`HvListener`]: the std-style socket types;
 //! - [`dirs`]: where hvsockd keeps its registry and sockets;
-//! - `tokio` (feature `tokio`, Unix): async twins of the socket types, `tokio::HvListener`
+//! - `tokio` (feature `tokio`): async twins of the socket types, `tokio::HvListener`
 //!   and `tokio::HvStream`;
 //! - `sys` (private): every system call, by platform.
 //!
@@ -54,7 +54,7 @@ mod stream;
 mod sys;
 pub mod transport;
 
-#[cfg(all(unix, feature = "tokio"))]
+#[cfg(feature = "tokio")]
 pub mod tokio;
 
 #[cfg(unix)]
@@ -100,6 +100,46 @@ mod unix_impls {
     impl AsRawFd for HvListener {
         fn as_raw_fd(&self) -> RawFd {
             self.inner.as_fd().as_raw_fd()
+        }
+    }
+}
+
+#[cfg(windows)]
+mod windows_impls {
+    use std::os::windows::io::{
+        AsRawSocket, AsSocket, BorrowedSocket, IntoRawSocket, OwnedSocket, RawSocket,
+    };
+
+    use crate::{HvListener, HvStream};
+
+    impl AsSocket for HvStream {
+        fn as_socket(&self) -> BorrowedSocket<'_> {
+            self.inner.as_socket()
+        }
+    }
+    impl AsRawSocket for HvStream {
+        fn as_raw_socket(&self) -> RawSocket {
+            self.inner.as_raw_socket()
+        }
+    }
+    impl From<HvStream> for OwnedSocket {
+        fn from(stream: HvStream) -> OwnedSocket {
+            stream.inner.into()
+        }
+    }
+    impl IntoRawSocket for HvStream {
+        fn into_raw_socket(self) -> RawSocket {
+            OwnedSocket::from(self).into_raw_socket()
+        }
+    }
+    impl AsSocket for HvListener {
+        fn as_socket(&self) -> BorrowedSocket<'_> {
+            self.inner.as_socket()
+        }
+    }
+    impl AsRawSocket for HvListener {
+        fn as_raw_socket(&self) -> RawSocket {
+            self.inner.as_socket().as_raw_socket()
         }
     }
 }

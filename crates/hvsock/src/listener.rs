@@ -37,15 +37,7 @@ impl HvListener {
         addr: SockAddrHv,
         backlog: u32,
     ) -> io::Result<HvListener> {
-        if backlog == 0 || backlog > hvsock_backlog_max() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "backlog {backlog} is out of range (1 to {})",
-                    hvsock_backlog_max()
-                ),
-            ));
-        }
+        check_backlog(backlog)?;
         Ok(HvListener {
             inner: sys::Listener::bind(transport, addr, backlog)?,
         })
@@ -82,8 +74,18 @@ impl HvListener {
     }
 }
 
-const fn hvsock_backlog_max() -> u32 {
-    4096
+/// Most connections that may wait unaccepted (hvsockd's limit too).
+const MAX_BACKLOG: u32 = 4096;
+
+/// Refuses a backlog out of 1 to [`MAX_BACKLOG`].
+pub(crate) fn check_backlog(backlog: u32) -> io::Result<()> {
+    if backlog == 0 || backlog > MAX_BACKLOG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("backlog {backlog} is out of range (1 to {MAX_BACKLOG})"),
+        ));
+    }
+    Ok(())
 }
 
 /// The iterator of [`HvListener::incoming`].

@@ -14,8 +14,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connected stream between two partitions.
 ///
 /// It is a real kernel socket (a Unix socket handed over by hvsockd, or a vsock socket): it
-/// works with `poll`/`epoll` through [`AsRawFd`](std::os::fd::AsRawFd), and hvsockd relays no
-/// bytes of it.
+/// works with `poll`/`epoll` through `AsRawFd`, and hvsockd relays no bytes of it. On Windows
+/// it is an `AF_HYPERV` socket, with `AsSocket`/`AsRawSocket`.
 #[derive(Debug)]
 pub struct HvStream {
     pub(crate) inner: sys::Socket,
@@ -104,6 +104,40 @@ impl HvStream {
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.inner.take_error()
     }
+
+    /// Keeps the connection open while the VM at either end is suspended (Windows'
+    /// `HVSOCKET_CONNECTED_SUSPEND`); by default Hyper-V resets it.
+    ///
+    /// Windows only (the `AF_HYPERV` transport): elsewhere this fails with `Unsupported`, as
+    /// neither hvsockd nor `AF_VSOCK` has such an option.
+    pub fn set_connected_suspend(&self, keep: bool) -> io::Result<()> {
+        #[cfg(windows)]
+        return self.inner.set_connected_suspend(keep);
+        #[cfg(not(windows))]
+        {
+            let _ = keep;
+            Err(connected_suspend_unsupported())
+        }
+    }
+
+    /// Whether the connection is kept across a VM suspend
+    /// ([`set_connected_suspend`](HvStream::set_connected_suspend)). Windows only; elsewhere
+    /// `Unsupported`.
+    pub fn connected_suspend(&self) -> io::Result<bool> {
+        #[cfg(windows)]
+        return self.inner.connected_suspend();
+        #[cfg(not(windows))]
+        Err(connected_suspend_unsupported())
+    }
+}
+
+#[cfg(not(windows))]
+fn connected_suspend_unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "HVSOCKET_CONNECTED_SUSPEND is a Windows AF_HYPERV option; hvsockd and AF_VSOCK \
+         connections have no equivalent",
+    )
 }
 
 pub(crate) fn check_timeout(timeout: Duration) -> io::Result<Duration> {
@@ -149,5 +183,59 @@ impl Write for &HvStream {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(not(windows))]
+    use crate::guid::{ServiceId, VmId};
+
+    #[cfg(not(windows))]
+    const ADDR: SockAddrHv = SockAddrHv::new(VmId::PARENT, ServiceId::from_vsock_port(2761));
+
+    /// Off Windows, asking for AF_HYPERV is a clear `Unsupported`, never a build failure.
+    #[cfg(not(windows))]
+    #[test]
+    fn the_hyperv_transport_is_unsupported_off_windows() {
+        let err = HvStream::connect_with(&Transport::HyperV, ADDR, Duration::from_secs(1))
+            .expect_err("no AF_HYPERV here");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("Windows' AF_HYPERV"), "{err}");
+        let err = crate::HvListener::bind_with(&Transport::HyperV, ADDR, 1)
+            .expect_err("no AF_HYPERV here");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// HVSOCKET_CONNECTED_SUSPEND is one API everywhere: `Unsupported` off Windows.
+    #[cfg(unix)]
+    #[test]
+    fn connected_suspend_is_unsupported_off_windows() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let stream = HvStream {
+            inner: sys::Socket::from_fd(a.into()),
+            local: ADDR,
+            peer: ADDR,
+        };
+        for err in [
+            stream.set_connected_suspend(true).expect_err("unsupported"),
+            stream.connected_suspend().expect_err("unsupported"),
+        ] {
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+            assert!(
+                err.to_string().contains("HVSOCKET_CONNECTED_SUSPEND"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_timeouts_are_clamped_to_windows_maximum() {
+        assert!(check_timeout(Duration::ZERO).is_err());
+        assert_eq!(
+            check_timeout(Duration::from_secs(600)).ok(),
+            Some(Duration::from_millis(300_000))
+        );
     }
 }

@@ -15,7 +15,9 @@
 //!   this guest, and the vsock-template GUID of the CID for any other CID (`local_addr` so
 //!   reports the guest's own CID, e.g. `00000003-facb-11e6-bd58-64006a7986d3`); both ends carry
 //!   the service connected to. Linux only.
-//! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there).
+//! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there). The provider
+//!   and vsock transports are Unix-only, and `AF_HYPERV` Windows-only: asking for one where
+//!   it does not exist is an `Unsupported` error that says what to use instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,8 @@ impl Transport {
         let chosen = std::env::var(ENV_TRANSPORT).unwrap_or_default();
         match chosen.trim().to_ascii_lowercase().as_str() {
             "" if cfg!(windows) => Ok(Transport::HyperV),
+            // Say so now, rather than fail to locate hvsockd's directories.
+            "provider" if cfg!(windows) => Err(Transport::Provider(PathBuf::new()).unsupported()),
             "" | "provider" => Ok(Transport::Provider(default_endpoint()?)),
             "vsock" => Ok(Transport::Vsock),
             "hyperv" => Ok(Transport::HyperV),
@@ -70,10 +74,21 @@ impl Transport {
     }
 
     pub(crate) fn unsupported(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("the {self:?} transport is not available on this platform"),
-        )
+        let why = match self {
+            Transport::Provider(_) => {
+                "the provider transport (hvsockd) needs Unix sockets and descriptor passing, so \
+                 it is Unix-only; on Windows use the hyperv transport (the default there)"
+            }
+            Transport::Vsock => {
+                "the vsock transport is AF_VSOCK inside a Linux guest; on Windows use the \
+                 hyperv transport (the default there)"
+            }
+            Transport::HyperV => {
+                "the hyperv transport is Windows' AF_HYPERV; on Linux use the provider \
+                 (hvsockd) or, inside a guest, vsock (HVSOCK_TRANSPORT=vsock)"
+            }
+        };
+        io::Error::new(io::ErrorKind::Unsupported, why)
     }
 }
 

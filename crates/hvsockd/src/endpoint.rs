@@ -4,7 +4,9 @@
 //! Each endpoint is an `AF_UNIX` `SOCK_SEQPACKET` listening socket with an accept task; each
 //! accepted client gets a [`session`](crate::session) task. Removing a partition cancels its
 //! endpoint's token, which ends the accept task and every session of that partition, and
-//! unlinks the socket file.
+//! unlinks the socket file. A socket that came from a service manager
+//! ([`SocketFile::Inherited`], socket activation) is served the same way, but its file is
+//! the service manager's: hvsockd never removes it.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,9 +27,20 @@ use crate::server::Ctx;
 /// The `listen()` backlog of endpoint sockets.
 const LISTEN_BACKLOG: i32 = 1024;
 
+/// Who owns an endpoint's socket file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketFile {
+    /// hvsockd bound it and removes it when the endpoint closes.
+    Owned,
+    /// A service manager bound it (socket activation) and keeps it across restarts of
+    /// hvsockd: never removed.
+    Inherited,
+}
+
 #[derive(Debug)]
 struct Open {
     path: PathBuf,
+    file: SocketFile,
     cancel: CancellationToken,
     sessions: Arc<AtomicUsize>,
 }
@@ -66,7 +79,19 @@ pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// Creates the endpoint socket of `partition` at `path` (replacing a stale file) with `mode`,
 /// and starts accepting on it.
 pub fn open(ctx: &Arc<Ctx>, partition: VmId, path: &Path, mode: u32) -> io::Result<()> {
-    let listener = listen(path, mode)?;
+    let listener = listen(path, mode, None)?;
+    serve(ctx, partition, path, listener, SocketFile::Owned)
+}
+
+/// Serves `listener`, a listening `SOCK_SEQPACKET` socket at `path`, as the endpoint of
+/// `partition`: starts its accept loop and remembers who removes its file.
+pub fn serve(
+    ctx: &Arc<Ctx>,
+    partition: VmId,
+    path: &Path,
+    listener: OwnedFd,
+    file: SocketFile,
+) -> io::Result<()> {
     let afd = register(listener)?;
     let cancel = ctx.shutdown.child_token();
     let sessions = Arc::new(AtomicUsize::new(0));
@@ -74,6 +99,7 @@ pub fn open(ctx: &Arc<Ctx>, partition: VmId, path: &Path, mode: u32) -> io::Resu
         partition,
         Open {
             path: path.to_owned(),
+            file,
             cancel: cancel.clone(),
             sessions: sessions.clone(),
         },
@@ -89,6 +115,9 @@ pub fn open(ctx: &Arc<Ctx>, partition: VmId, path: &Path, mode: u32) -> io::Resu
 pub fn close(ctx: &Ctx, partition: VmId) {
     if let Some(open) = ctx.endpoints.lock().remove(&partition) {
         open.cancel.cancel();
+        if open.file == SocketFile::Inherited {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&open.path) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!("removing endpoint {}: {e}", open.path.display());
@@ -97,15 +126,20 @@ pub fn close(ctx: &Ctx, partition: VmId) {
     }
 }
 
-/// Removes every endpoint socket file (on shutdown).
+/// Removes every endpoint socket file that hvsockd owns (on shutdown).
 pub fn remove_all(ctx: &Ctx) {
     for (_, open) in ctx.endpoints.lock().drain() {
         open.cancel.cancel();
-        let _ = std::fs::remove_file(&open.path);
+        if open.file == SocketFile::Owned {
+            let _ = std::fs::remove_file(&open.path);
+        }
     }
 }
 
-fn listen(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+/// Creates a listening endpoint socket at `path` (replacing a stale file) with `mode`, and
+/// with `group` as its group if given, before it listens: a client can never reach it with
+/// looser permissions.
+pub fn listen(path: &Path, mode: u32, group: Option<u32>) -> io::Result<OwnedFd> {
     let context = |doing: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
     };
@@ -124,8 +158,32 @@ fn listen(path: &Path, mode: u32) -> io::Result<OwnedFd> {
     rustix::net::bind(&sock, &addr).map_err(|e| context("binding", e.into()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| context("setting the mode of", e))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| context(&format!("giving gid {gid} to"), e))?;
+    }
     rustix::net::listen(&sock, LISTEN_BACKLOG).map_err(|e| context("listening on", e.into()))?;
     Ok(sock)
+}
+
+/// The gid of group `name` (through NSS, so LDAP and systemd's dynamic groups count too), or
+/// of a numeric gid as given.
+pub fn lookup_group(name: &str) -> io::Result<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => return Ok(group.gid.as_raw()),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(io::Error::other(format!("looking up group {name:?}: {e}")));
+        }
+    }
+    name.parse::<u32>().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "there is no group {name:?}: create it (`systemd-sysusers`, or `groupadd --system {name}`) or name another"
+            ),
+        )
+    })
 }
 
 async fn accept_loop(

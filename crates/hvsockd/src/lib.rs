@@ -13,6 +13,7 @@
 //! # Modules
 //!
 //! - [`server`]: start-up ([`Server::bind`]), the shared context, shutdown;
+//! - [`activation`]: systemd socket activation (`LISTEN_FDS`) and readiness (`NOTIFY_SOCKET`);
 //! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
 //!   accept loops; a client's partition is the endpoint it came through;
 //! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames;
@@ -26,12 +27,15 @@
 //! - [`listeners`]: a bound listener and its backlog;
 //! - [`registry`]: services and partitions in SQLite;
 //! - [`admin`]: the HTTP + JSON admin API on `admin.sock`;
-//! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`.
+//! - [`metrics`]: the counters behind `/metrics` and `/v1/stats`;
+//! - [`manual`]: the manual page and shell completions of the `hvsockd` binary.
 
+pub mod activation;
 pub mod admin;
 pub mod attach;
 pub mod endpoint;
 pub mod listeners;
+pub mod manual;
 pub mod metrics;
 pub mod registry;
 pub mod router;

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hvsock::dirs::Dirs;
-use hvsockd::{Config, Server};
+use hvsockd::activation::{self, ListenFds, Notifier};
+use hvsockd::{Config, ServeError, Server};
 
 /// The hvsock provider: routes Hyper-V socket connections between the host, its sandboxes
 /// and its VMs.
@@ -17,12 +18,24 @@ struct Args {
     /// for root, XDG state and runtime dirs otherwise).
     #[arg(long, env = "HVSOCK_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Log format.
+    /// Log format: text, or json (one object per line with timestamp, level, message,
+    /// target and the event's fields).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// How long a new client may take to send its first frame, in seconds.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     handshake_timeout: Duration,
+    /// Give host.sock to GROUP (mode 0660), so that its members may connect as the root
+    /// partition; admin.sock stays owner-only. A GROUP that does not exist stops the start.
+    /// Not applied to a socket-activated host.sock (SocketGroup= in the socket unit).
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Print the completion script for SHELL and exit.
+    #[arg(long, value_name = "SHELL", help_heading = "Packaging")]
+    completions: Option<clap_complete::Shell>,
+    /// Print the manual page (hvsockd.8, roff) and exit.
+    #[arg(long, help_heading = "Packaging")]
+    man: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -49,29 +62,61 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
+        // The journal stamps every line itself.
+        LogFormat::Text if stderr_is_journal() => builder.without_time().init(),
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One object per line, the message at the top level next to the level and target.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
-async fn shutdown_signal() {
+/// Whether stderr is the systemd journal: `JOURNAL_STREAM` is its `device:inode`.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
+}
+
+/// Installs the SIGINT and SIGTERM handlers at once, so that a signal that comes as soon as
+/// hvsockd is ready (a service manager may send it right after READY=1) stops it cleanly
+/// rather than killing it; the future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop hvsockd with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop hvsockd with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
     }
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main: one thread, and nothing owns descriptors 3 and up yet.
+    let listen_fds = unsafe { activation::take_listen_fds() };
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        return print(|out| hvsockd::manual::write_completions(shell, Args::command(), out));
+    }
+    if args.man {
+        return print(|out| hvsockd::manual::write_man(Args::command(), out));
+    }
     init_logging(args.log_format);
+    let listen_fds: ListenFds = match listen_fds {
+        Ok(fds) => fds,
+        Err(e) => return fail(&ServeError::from(e)),
+    };
     let dirs = match Dirs::resolve(args.dir.as_deref()) {
         Ok(dirs) => dirs,
         Err(e) => {
@@ -81,6 +126,7 @@ fn main() -> ExitCode {
     };
     let mut config = Config::new(dirs);
     config.limits.handshake_timeout = args.handshake_timeout;
+    config.socket_group = args.socket_group;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -91,15 +137,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let notifier = Notifier::from_env();
     let result = runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        server.run(shutdown_signal()).await
+        let signalled = shutdown_signal();
+        let server = Server::bind_with(config, listen_fds).await?;
+        notify(notifier.as_ref(), "READY=1\nSTATUS=serving");
+        server
+            .run(async {
+                signalled.await;
+                notify(notifier.as_ref(), "STOPPING=1");
+            })
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Tells the service manager, if one listens (`NOTIFY_SOCKET`).
+fn notify(notifier: Option<&Notifier>, state: &str) {
+    if let Some(notifier) = notifier {
+        if let Err(e) = notifier.notify(state) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn fail(e: &ServeError) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("hvsockd: {e}");
+    ExitCode::FAILURE
+}
+
+/// Writes what `write` produces to stdout (for --man and --completions).
+fn print(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("hvsockd: {e}");
+            eprintln!("hvsockd: writing to stdout: {e}");
             ExitCode::FAILURE
         }
     }

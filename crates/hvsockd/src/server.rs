@@ -5,6 +5,10 @@
 //! sockets) before anything is served; [`Server::run`] serves until the shutdown future
 //! resolves, then removes its sockets. Established connections are kernel sockets that hvsockd
 //! never held, so they outlive it.
+//!
+//! [`Server::bind_with`] takes the listening sockets of socket activation (see
+//! [`activation`]): those it serves instead of binding its own, and never
+//! removes.
 
 use std::fs::File;
 use std::future::Future;
@@ -19,13 +23,14 @@ use hvsock::VmId;
 use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{self, ActivationError, ListenFds};
 use crate::attach::{self, Attachments};
-use crate::endpoint::{self, Endpoints};
+use crate::endpoint::{self, Endpoints, SocketFile};
 use crate::metrics::Metrics;
 use crate::registry::{PartitionKind, Registry, RegistryError};
 use crate::state::World;
 
-/// Mode of `host.sock`: the owner and its group (the `hvsock` group when packaged).
+/// Mode of `host.sock`: the owner and its group (`--socket-group`; `hvsock` when packaged).
 pub const HOST_SOCKET_MODE: u32 = 0o660;
 /// Mode of a partition endpoint: open, because it is reached through a bind mount inside the
 /// sandbox; the `partitions/` directory (0700) keeps other host users from reaching it.
@@ -64,6 +69,11 @@ pub struct Config {
     pub dirs: Dirs,
     /// Per-client limits.
     pub limits: Limits,
+    /// The group (a name or a numeric gid) that owns `host.sock`, so that its members may
+    /// connect as the root partition (mode 0660). `None`: hvsockd's own group. `admin.sock`
+    /// stays owner-only either way. Not applied to a socket-activated `host.sock`, whose
+    /// owner is the socket unit's business (`SocketGroup=`).
+    pub socket_group: Option<String>,
 }
 
 impl Config {
@@ -72,6 +82,7 @@ impl Config {
         Config {
             dirs,
             limits: Limits::default(),
+            socket_group: None,
         }
     }
 }
@@ -122,6 +133,18 @@ pub enum ServeError {
     /// The admin API failed.
     #[error("serving the admin API: {0}")]
     Admin(#[source] io::Error),
+    /// The socket group does not exist (or cannot be looked up).
+    #[error("socket group {group:?}: {source}")]
+    SocketGroup {
+        /// The group as given.
+        group: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The sockets of socket activation are unusable.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
 }
 
 /// What every task of hvsockd shares.
@@ -169,6 +192,7 @@ impl Ctx {
 pub struct Server {
     ctx: Arc<Ctx>,
     admin: tokio::net::UnixListener,
+    admin_file: SocketFile,
     _lock: File,
 }
 
@@ -219,6 +243,23 @@ impl Server {
     /// Creates the directories, takes the lock, opens (or creates) the registry and creates
     /// every socket. Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        Server::bind_with(config, ListenFds::default()).await
+    }
+
+    /// [`Server::bind`], serving the sockets of socket activation (`host`, `admin`) instead of
+    /// binding those.
+    pub async fn bind_with(config: Config, listen_fds: ListenFds) -> Result<Server, ServeError> {
+        let inherited = activation::classify(listen_fds)?;
+        let group =
+            match &config.socket_group {
+                None => None,
+                Some(name) => Some(endpoint::lookup_group(name).map_err(|source| {
+                    ServeError::SocketGroup {
+                        group: name.clone(),
+                        source,
+                    }
+                })?),
+            };
         let dirs = config.dirs;
         create_dir(&dirs.state, 0o755)?;
         create_dir(&dirs.run, 0o755)?;
@@ -248,14 +289,44 @@ impl Server {
             started: Instant::now(),
         });
         let socket_err = |what: String| move |source| ServeError::Socket { what, source };
-        endpoint::open(&ctx, root, &dirs.host_socket(), HOST_SOCKET_MODE)
-            .map_err(socket_err("host".into()))?;
+        let host_file = match inherited.host {
+            Some(fd) => {
+                warn_if_elsewhere("host", &fd, &dirs.host_socket());
+                endpoint::serve(&ctx, root, &dirs.host_socket(), fd, SocketFile::Inherited)
+                    .map_err(socket_err("host".into()))?;
+                SocketFile::Inherited
+            }
+            None => {
+                let fd = endpoint::listen(&dirs.host_socket(), HOST_SOCKET_MODE, group)
+                    .map_err(socket_err("host".into()))?;
+                endpoint::serve(&ctx, root, &dirs.host_socket(), fd, SocketFile::Owned)
+                    .map_err(socket_err("host".into()))?;
+                SocketFile::Owned
+            }
+        };
         for id in sandboxes {
             endpoint::open(&ctx, id, &dirs.partition_socket(id), PARTITION_SOCKET_MODE)
                 .map_err(socket_err(format!("partition {id}")))?;
         }
-        let admin = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
-            .map_err(socket_err("admin".into()))?;
+        let (admin, admin_file) = match inherited.admin {
+            Some(fd) => {
+                warn_if_elsewhere("admin", &fd, &dirs.admin_socket());
+                let listener =
+                    activation::tokio_listener(fd).map_err(socket_err("admin".into()))?;
+                (listener, SocketFile::Inherited)
+            }
+            None => {
+                let listener = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
+                    .map_err(socket_err("admin".into()))?;
+                (listener, SocketFile::Owned)
+            }
+        };
+        if host_file == SocketFile::Inherited || admin_file == SocketFile::Inherited {
+            tracing::info!(
+                host = ?host_file, admin = ?admin_file,
+                "serving sockets from the service manager (socket activation); their files outlive hvsockd"
+            );
+        }
         // Nothing is bound yet, so no guest port opens here; binds open them as they come.
         attach::reconcile(&ctx);
         tokio::spawn(attach::retry_loop(ctx.clone(), ATTACH_RETRY));
@@ -267,6 +338,7 @@ impl Server {
         Ok(Server {
             ctx,
             admin,
+            admin_file,
             _lock: lock,
         })
     }
@@ -288,7 +360,26 @@ impl Server {
         ctx.shutdown.cancel();
         endpoint::remove_all(&ctx);
         attach::close_all(&ctx);
-        let _ = std::fs::remove_file(ctx.dirs.admin_socket());
+        if self.admin_file == SocketFile::Owned {
+            let _ = std::fs::remove_file(ctx.dirs.admin_socket());
+        }
         result
+    }
+}
+
+/// Warns when a socket-activated socket is bound somewhere other than where the CLI and the
+/// library will look for it (`--dir`).
+fn warn_if_elsewhere(what: &str, fd: &std::os::fd::OwnedFd, expected: &Path) {
+    match activation::bound_path(fd.as_fd()) {
+        Some(path) if path == expected => {}
+        Some(path) => tracing::warn!(
+            "the socket-activated {what} socket is bound at {}, but clients of this hvsockd look for it at {}: make the socket unit and --dir agree",
+            path.display(),
+            expected.display()
+        ),
+        None => tracing::warn!(
+            "the socket-activated {what} socket has no path; clients look for it at {}",
+            expected.display()
+        ),
     }
 }

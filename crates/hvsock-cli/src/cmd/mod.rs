@@ -5,12 +5,14 @@
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats`
+//! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
 //! a [`CliError`] on failure; they never print errors themselves, so that every failure looks
 //! the same (`hvsock: <what was being done>: <why>`, exit 1).
 
 pub mod addr;
+pub mod generate;
 pub mod net;
 pub mod service;
 pub mod stats;
@@ -54,6 +56,29 @@ pub enum CliError {
     /// Writing the command's output failed.
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
+    /// The Hyper-V registry (Windows) refused or failed.
+    #[cfg(any(windows, test))]
+    #[error(transparent)]
+    Registry(#[from] crate::hyperv_registry::RegistryError),
+    /// A command or option that has no meaning on this platform.
+    #[error("{what} is not available on {}: {why}", std::env::consts::OS)]
+    Unsupported {
+        /// The command or option.
+        what: &'static str,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
+    /// Writing a file failed.
+    #[error("{doing} {}: {source}", path.display())]
+    File {
+        /// What was being done (`writing the manual page`).
+        doing: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CliError {
@@ -84,6 +109,7 @@ impl<T> Doing<T> for Result<T, AdminError> {
 }
 
 /// Runs the command, writing its output to `out`.
+#[cfg(not(windows))]
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let ctx = Context::new(cli.dir);
     match cli.command {
@@ -93,6 +119,48 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Connect(args) => net::connect(&ctx, args),
         Command::Addr(args) => addr::run(&ctx, args, out),
         Command::Stats(args) => stats::run(&ctx, args.json, out),
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Man { output } => generate::man(output.as_deref(), out),
+    }
+}
+
+/// Why `--as` means nothing on Windows.
+#[cfg(windows)]
+const AS_VM: &str = "it acts through an hvsockd partition endpoint; on Windows a program acts \
+     from the partition it runs in (run hvsock inside the VM to act from the VM)";
+
+/// Runs the command on Windows, where Hyper-V is the provider: services are in its registry,
+/// connections are `AF_HYPERV`, and hvsockd's commands are errors that say why.
+#[cfg(windows)]
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::hyperv_registry::unsupported;
+    if cli.dir.is_some() {
+        return Err(unsupported(
+            "--dir",
+            "it names an hvsockd directory, and hvsockd runs on Linux; on Windows services are \
+             in the Hyper-V registry and connections use AF_HYPERV (a script for both platforms \
+             can set HVSOCK_DIR for Linux instead)",
+        ));
+    }
+    let ctx = Context::new(None);
+    match cli.command {
+        Command::Service(cmd) => crate::hyperv_registry::run(cmd, out),
+        Command::Vm(_) => Err(unsupported(
+            "`hvsock vm`",
+            "it manages hvsockd's partitions; on Windows VMs are Hyper-V's (Hyper-V Manager, or \
+             PowerShell: Get-VM; a VM's VmId is (Get-VM NAME).Id)",
+        )),
+        Command::Listen(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
+        Command::Connect(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
+        Command::Listen(args) => net::listen(&ctx, args),
+        Command::Connect(args) => net::connect(&ctx, args),
+        Command::Addr(args) => addr::run(&ctx, args, out),
+        Command::Stats(_) => Err(unsupported(
+            "`hvsock stats`",
+            "it reads hvsockd's counters, and there is no hvsockd on Windows",
+        )),
+        Command::Completions { shell } => generate::completions(shell, out),
+        Command::Man { output } => generate::man(output.as_deref(), out),
     }
 }
 

@@ -3,13 +3,25 @@
 //!
 //! - `unix`: stream socket I/O, and the provider transport (hvsockd's endpoint);
 //! - `unix::vsock` (Linux): the `AF_VSOCK` transport for use inside a guest;
-//! - `windows`: the native `AF_HYPERV` transport.
+//! - `windows`: the native `AF_HYPERV` transport;
+//! - `hyperv`: its plain logic (`SOCKADDR_HV` conversion, the Winsock error table), compiled on
+//!   Windows and in tests everywhere.
 
 #[cfg(unix)]
 pub(crate) mod unix;
 
 #[cfg(unix)]
 pub(crate) use unix::Socket;
+
+#[cfg(windows)]
+pub(crate) mod windows;
+
+#[cfg(windows)]
+pub(crate) use windows::Socket;
+
+#[cfg(any(windows, test))]
+#[cfg_attr(not(windows), allow(dead_code))] // elsewhere, only its tests use it
+pub(crate) mod hyperv;
 
 use std::io;
 use std::time::Duration;
@@ -43,6 +55,8 @@ pub(crate) fn connect(
                 peer: est.peer,
             })
         }
+        #[cfg(windows)]
+        Transport::HyperV => windows::connect(addr, timeout),
         other => Err(other.unsupported()),
     }
 }
@@ -59,6 +73,8 @@ pub(crate) enum Listener {
     Provider(unix::provider::Listener),
     #[cfg(target_os = "linux")]
     Vsock(unix::vsock::Listener),
+    #[cfg(windows)]
+    HyperV(windows::Listener),
 }
 
 impl Listener {
@@ -74,6 +90,8 @@ impl Listener {
             )),
             #[cfg(target_os = "linux")]
             Transport::Vsock => Ok(Listener::Vsock(unix::vsock::Listener::bind(addr, backlog)?)),
+            #[cfg(windows)]
+            Transport::HyperV => Ok(Listener::HyperV(windows::Listener::bind(addr, backlog)?)),
             other => Err(other.unsupported()),
         }
     }
@@ -98,6 +116,8 @@ impl Listener {
                     peer: est.peer,
                 })
             }
+            #[cfg(windows)]
+            Listener::HyperV(l) => l.accept(),
         }
     }
 
@@ -107,6 +127,8 @@ impl Listener {
             Listener::Provider(l) => l.local_addr(),
             #[cfg(target_os = "linux")]
             Listener::Vsock(l) => l.local_addr(),
+            #[cfg(windows)]
+            Listener::HyperV(l) => l.local_addr(),
         }
     }
 
@@ -116,12 +138,14 @@ impl Listener {
             Listener::Provider(l) => l.set_nonblocking(on),
             #[cfg(target_os = "linux")]
             Listener::Vsock(l) => l.set_nonblocking(on),
+            #[cfg(windows)]
+            Listener::HyperV(l) => l.set_nonblocking(on),
         }
     }
 
     /// Sends what the transport still owes the other side for earlier accepts (hvsockd's
     /// `Ack`s that would have blocked); never waits.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+    #[cfg_attr(any(windows, not(feature = "tokio")), allow(dead_code))] // used by the async client
     pub(crate) fn flush(&self) {
         match self {
             #[cfg(unix)]
@@ -129,6 +153,9 @@ impl Listener {
             // A vsock listener owes nobody anything.
             #[cfg(target_os = "linux")]
             Listener::Vsock(_) => {}
+            // Winsock owes nobody anything.
+            #[cfg(windows)]
+            Listener::HyperV(_) => {}
         }
     }
 
@@ -138,6 +165,8 @@ impl Listener {
             Listener::Provider(l) => Ok(Listener::Provider(l.try_clone()?)),
             #[cfg(target_os = "linux")]
             Listener::Vsock(l) => Ok(Listener::Vsock(l.try_clone()?)),
+            #[cfg(windows)]
+            Listener::HyperV(l) => Ok(Listener::HyperV(l.try_clone()?)),
         }
     }
 }
@@ -157,5 +186,14 @@ impl std::os::fd::AsFd for Listener {
 impl std::os::fd::AsRawFd for Listener {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsFd::as_fd(self).as_raw_fd()
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Listener {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        match self {
+            Listener::HyperV(l) => l.socket(),
+        }
     }
 }

@@ -1,15 +1,16 @@
 //! The async [`HvListener`].
 
 use std::io;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::task::{Context, Poll, ready};
+#[cfg(windows)]
+use std::os::windows::io::{AsRawSocket, AsSocket, BorrowedSocket, RawSocket};
+use std::task::{Context, Poll};
 
-use ::tokio::io::Interest;
-use ::tokio::io::unix::AsyncFd;
-
+use super::ListenerIo;
 use super::stream::HvStream;
 use crate::addr::SockAddrHv;
-use crate::listener::DEFAULT_BACKLOG;
+use crate::listener::{DEFAULT_BACKLOG, check_backlog};
 use crate::sys;
 use crate::transport::Transport;
 
@@ -20,7 +21,7 @@ use crate::transport::Transport;
 /// each accepted connection is acknowledged to hvsockd, which frees a backlog slot.
 #[derive(Debug)]
 pub struct HvListener {
-    io: AsyncFd<sys::Listener>,
+    io: ListenerIo,
 }
 
 impl HvListener {
@@ -37,14 +38,9 @@ impl HvListener {
         addr: SockAddrHv,
         backlog: u32,
     ) -> io::Result<HvListener> {
-        let max = hvsock_proto::frame::MAX_BACKLOG;
-        if backlog == 0 || backlog > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("backlog {backlog} is out of range (1 to {max})"),
-            ));
-        }
+        check_backlog(backlog)?;
         let listener = match transport {
+            #[cfg(unix)]
             Transport::Provider(endpoint) => {
                 sys::Listener::Provider(super::provider::bind(endpoint, addr, backlog).await?)
             }
@@ -55,10 +51,13 @@ impl HvListener {
                 listener.set_nonblocking(true)?;
                 sys::Listener::Vsock(listener)
             }
+            // Binding does not wait on Windows.
+            #[cfg(windows)]
+            Transport::HyperV => sys::Listener::bind(transport, addr, backlog)?,
             other => return Err(other.unsupported()),
         };
         Ok(HvListener {
-            io: super::register(listener)?,
+            io: ListenerIo::new(listener)?,
         })
     }
 
@@ -68,9 +67,8 @@ impl HvListener {
     ///
     /// Outside a tokio runtime with IO enabled, as tokio's own `from_std` functions.
     pub fn from_std(listener: crate::HvListener) -> io::Result<HvListener> {
-        listener.inner.set_nonblocking(true)?;
         Ok(HvListener {
-            io: super::register(listener.inner)?,
+            io: ListenerIo::new(listener.inner)?,
         })
     }
 
@@ -78,7 +76,7 @@ impl HvListener {
     /// in non-blocking mode: call `set_nonblocking(false)` to block again.
     pub fn into_std(self) -> io::Result<crate::HvListener> {
         Ok(crate::HvListener {
-            inner: self.io.into_inner(),
+            inner: self.io.into_listener()?,
         })
     }
 
@@ -87,32 +85,21 @@ impl HvListener {
     /// Cancellation safe: if the future is dropped before it completes, no connection is taken
     /// and the next `accept` gets it. Several tasks may wait on one listener at once.
     pub async fn accept(&self) -> io::Result<(HvStream, SockAddrHv)> {
-        self.io.get_ref().flush();
-        let stream = self
-            .io
-            .async_io(Interest::READABLE, |listener| listener.accept())
-            .await?;
-        accepted(stream)
+        accepted(self.io.accept().await?)
     }
 
     /// Polls for the next connection. `Poll::Pending` registers `cx`'s waker to be woken when
     /// one waits; as with tokio's `poll_accept`, only the waker of the latest call is kept, so
     /// use [`accept`](HvListener::accept) when several tasks share the listener.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(HvStream, SockAddrHv)>> {
-        self.io.get_ref().flush();
-        loop {
-            let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|io| io.get_ref().accept()) {
-                Ok(Ok(stream)) => return Poll::Ready(accepted(stream)),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
+        self.io
+            .poll_accept(cx)
+            .map(|result| result.and_then(accepted))
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SockAddrHv> {
-        Ok(self.io.get_ref().local_addr())
+        Ok(self.io.local_addr())
     }
 }
 
@@ -122,15 +109,31 @@ fn accepted(stream: crate::HvStream) -> io::Result<(HvStream, SockAddrHv)> {
     Ok((HvStream::new(stream.inner, stream.local, peer)?, peer))
 }
 
+#[cfg(unix)]
 impl AsFd for HvListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.get_ref().as_fd()
+        self.io.as_fd()
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for HvListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.get_ref().as_raw_fd()
+        self.io.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for HvListener {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        self.io.as_socket()
+    }
+}
+
+#[cfg(windows)]
+impl AsRawSocket for HvListener {
+    fn as_raw_socket(&self) -> RawSocket {
+        self.io.as_socket().as_raw_socket()
     }
 }
 

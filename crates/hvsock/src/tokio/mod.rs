@@ -32,8 +32,20 @@
 //! [`accept`](HvListener::accept) and [`poll_accept`](HvListener::poll_accept); [`HvStream`]
 //! is `AsyncRead` + `AsyncWrite` (`poll_shutdown` is `shutdown(Write)`, a half-close), splits
 //! into owned halves with [`into_split`](HvStream::into_split), and converts from and to the
-//! std types with `from_std` / `into_std`. Both are built on [`AsyncFd`]: the data path is the
-//! same kernel socket as the std type's, with no task and no copy in between.
+//! std types with `from_std` / `into_std`. On Unix both are built on tokio's `AsyncFd`: the
+//! data path is the same kernel socket as the std type's, with no task and no copy in between.
+//!
+//! # Windows
+//!
+//! The same types work over `AF_HYPERV` (connect, bind, accept, read, write, half-close,
+//! split), on the same socket as the std types. tokio has no `AsyncFd` there; its reactor
+//! (mio) polls sockets through AFD, which serves `AF_HYPERV` sockets as it serves TCP ones, and
+//! the only public way in is `tokio::net::TcpStream::from_std`. So each socket is registered as
+//! a `TcpStream` used for readiness alone, and every operation on it is this crate's own
+//! Winsock call made through tokio's `try_io`/`async_io` (never a TCP method). The async
+//! connect is a non-blocking `connect` with `HVSOCKET_CONNECT_TIMEOUT` set, awaited until the
+//! socket is writable. This code is compiled and type-checked for Windows by the project's
+//! checks, but there is no Windows machine in its test runs: treat it as untested there.
 //!
 //! # Runtime
 //!
@@ -80,33 +92,21 @@
 //! an unresponsive hvsockd one more second, as the std connect does.
 
 mod listener;
+#[cfg(unix)]
 mod provider;
 mod stream;
+#[cfg(unix)]
+mod unix;
+#[cfg(windows)]
+mod windows;
 
 pub use listener::HvListener;
 pub use stream::{HvStream, OwnedReadHalf, OwnedWriteHalf, ReuniteError};
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+#[cfg(unix)]
+use unix::{ListenerIo, StreamIo, register};
+#[cfg(windows)]
+use windows::{ListenerIo, StreamIo};
 
-use ::tokio::io::unix::AsyncFd;
-
-/// A type that owns exactly one open descriptor for its whole life and always returns that
-/// one from `as_raw_fd`: what [`AsyncFd::register`] requires.
-trait OwnsOneFd: AsRawFd {}
-
-impl OwnsOneFd for OwnedFd {}
-impl OwnsOneFd for crate::sys::Socket {}
-impl OwnsOneFd for crate::sys::Listener {}
-
-/// Registers `io` with the current runtime's reactor. The descriptor must be non-blocking.
-fn register<T: OwnsOneFd>(io: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: `T: OwnsOneFd` owns one open descriptor until it is dropped (an `OwnedFd`, or a
-    // type wrapping exactly one `OwnedFd` that it never replaces), and `as_raw_fd` always
-    // returns that descriptor; the `AsyncFd` owns `io` from here on, so the descriptor stays
-    // open and the same for the registration's whole life.
-    unsafe { AsyncFd::register(io) }.map_err(io::Error::from)
-}
-
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;

@@ -3,15 +3,18 @@
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+#[cfg(windows)]
+use std::os::windows::io::{AsRawSocket, AsSocket, BorrowedSocket, RawSocket};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::StreamIo;
 use crate::addr::SockAddrHv;
 use crate::stream::{DEFAULT_CONNECT_TIMEOUT, check_timeout};
 use crate::sys::Socket;
@@ -25,7 +28,7 @@ use crate::transport::Transport;
 /// can still read.
 #[derive(Debug)]
 pub struct HvStream {
-    io: AsyncFd<Socket>,
+    io: StreamIo,
     local: SockAddrHv,
     peer: SockAddrHv,
 }
@@ -52,6 +55,7 @@ impl HvStream {
     ) -> io::Result<HvStream> {
         let timeout = check_timeout(timeout)?;
         match transport {
+            #[cfg(unix)]
             Transport::Provider(endpoint) => {
                 let est = super::provider::connect(endpoint, addr, timeout).await?;
                 HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
@@ -67,18 +71,20 @@ impl HvStream {
                 .map_err(|e| io::Error::other(format!("the vsock connect task failed: {e}")))??;
                 HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
             }
+            #[cfg(windows)]
+            Transport::HyperV => super::windows::connect(addr, timeout).await,
             other => Err(other.unsupported()),
         }
     }
 
     /// Registers a connected socket, putting it in non-blocking mode.
     pub(super) fn new(sock: Socket, local: SockAddrHv, peer: SockAddrHv) -> io::Result<HvStream> {
-        sock.set_nonblocking(true)?;
-        Ok(HvStream {
-            io: super::register(sock)?,
-            local,
-            peer,
-        })
+        Ok(HvStream::from_parts(StreamIo::new(sock)?, local, peer))
+    }
+
+    /// A stream of a socket already registered.
+    pub(super) fn from_parts(io: StreamIo, local: SockAddrHv, peer: SockAddrHv) -> HvStream {
+        HvStream { io, local, peer }
     }
 
     /// Takes over a std [`crate::HvStream`], putting it in non-blocking mode.
@@ -94,7 +100,7 @@ impl HvStream {
     /// socket stays in non-blocking mode: call `set_nonblocking(false)` to block again.
     pub fn into_std(self) -> io::Result<crate::HvStream> {
         Ok(crate::HvStream {
-            inner: self.io.into_inner(),
+            inner: self.io.into_socket()?,
             local: self.local,
             peer: self.peer,
         })
@@ -112,7 +118,7 @@ impl HvStream {
 
     /// The pending socket error (`SO_ERROR`), if any.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.get_ref().take_error()
+        self.io.take_error()
     }
 
     /// Splits the stream into a read half and a write half that can move to different tasks.
@@ -132,28 +138,11 @@ impl HvStream {
     }
 
     fn poll_read_priv(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|io| io.get_ref().read(unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
+        self.io.poll_read(cx, buf)
     }
 
     fn poll_write_priv(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.io.poll_write_ready(cx))?;
-            match guard.try_io(|io| io.get_ref().write(buf)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
+        self.io.poll_write(cx, buf)
     }
 
     fn poll_write_vectored_priv(
@@ -161,17 +150,11 @@ impl HvStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.io.poll_write_ready(cx))?;
-            match guard.try_io(|io| io.get_ref().write_vectored(bufs)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
+        self.io.poll_write_vectored(cx, bufs)
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        self.io.get_ref().shutdown(Shutdown::Write)
+        self.io.shutdown(Shutdown::Write)
     }
 }
 
@@ -217,15 +200,31 @@ impl AsyncWrite for HvStream {
     }
 }
 
+#[cfg(unix)]
 impl AsFd for HvStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.get_ref().as_fd()
+        self.io.as_fd()
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for HvStream {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.get_ref().as_raw_fd()
+        self.io.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for HvStream {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        self.io.as_socket()
+    }
+}
+
+#[cfg(windows)]
+impl AsRawSocket for HvStream {
+    fn as_raw_socket(&self) -> RawSocket {
+        self.io.as_socket().as_raw_socket()
     }
 }
 
@@ -360,14 +359,30 @@ impl AsyncWrite for OwnedWriteHalf {
     }
 }
 
+#[cfg(unix)]
 impl AsFd for OwnedReadHalf {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
 }
 
+#[cfg(unix)]
 impl AsFd for OwnedWriteHalf {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for OwnedReadHalf {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        self.stream.as_socket()
+    }
+}
+
+#[cfg(windows)]
+impl AsSocket for OwnedWriteHalf {
+    fn as_socket(&self) -> BorrowedSocket<'_> {
+        self.stream.as_socket()
     }
 }
