@@ -31,8 +31,9 @@
 //! reads the line once, non-blockingly, and may lose bytes sent with it. The reply is read one
 //! byte at a time up to `\n` ([`ReplyReader`], at most [`MAX_REPLY_LEN`] bytes), so no byte of
 //! the guest's stream is swallowed, and parsed by the pure [`parse_reply`] (in
-//! `hvsock_proto::hybrid`, fuzzed). The number
-//! after `OK` is the VMM's host-side port, not necessarily `N`.
+//! `hvsock_proto::hybrid`, fuzzed). The number after `OK` is the VMM's host-side port, not
+//! necessarily `N`. The handshake runs on a task of its own, counted against the session's
+//! `max_outstanding_connects`, so the session serves other requests meanwhile.
 //!
 //! A `Dropped` handshake is retried with backoff (50 ms, doubling, at most 1 s apart) until the
 //! connector's timeout: vhost-device-vsock sometimes closes a fresh connection before reading
