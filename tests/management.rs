@@ -1013,3 +1013,46 @@ fn the_guides_curl_recipes_work() {
         curl(&d, &["http://hvsockd/v1/registry"]).ok()
     );
 }
+
+#[test]
+fn attachments_show_guest_ports_and_follow_the_policy() {
+    let d = Daemon::start();
+    let vms = tempfile::tempdir().unwrap();
+    let path = vms.path().join("fc.vsock");
+    let vm = d.add_vm("fc", &path);
+    let svc = d.add_service("echo", 2761);
+    let port_file = vms.path().join("fc.vsock_2761");
+    assert_eq!(
+        api(&d, "GET", "/v1/attachments", None, 200),
+        json!([{"partition": vm.to_string(), "name": "fc", "parent": d.root_id().to_string(),
+                "hybrid_vsock": path, "guest_ports": []}])
+    );
+    // A host listener the VM may reach opens PATH_2761 for its guest.
+    let _l = bind(&d.host(), VmId::CHILDREN, svc).unwrap();
+    wait_for("PATH_2761", QUICK, || port_file.exists());
+    let a = api(&d, "GET", "/v1/attachments", None, 200);
+    assert_eq!(a[0]["guest_ports"][0]["port"], 2761, "{a}");
+    assert_eq!(a[0]["guest_ports"][0]["service_name"], "echo", "{a}");
+    assert_eq!(a[0]["guest_ports"][0]["path"], json!(port_file), "{a}");
+    // A policy that does not let the VM connect closes it; lifting it opens it again.
+    hv(&d, &["service", "policy", "echo", "--connect", "host"]).ok();
+    wait_for("PATH_2761 to close", QUICK, || !port_file.exists());
+    assert_eq!(
+        api(&d, "GET", "/v1/attachments", None, 200)[0]["guest_ports"],
+        json!([])
+    );
+    hv(&d, &["service", "policy", "echo", "--connect-any"]).ok();
+    wait_for("PATH_2761 again", QUICK, || port_file.exists());
+    // VMs go through export and import like any partition.
+    let doc = hv(&d, &["registry", "export"]).json();
+    let fc = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fc")
+        .unwrap();
+    assert_eq!(
+        (fc["kind"].as_str(), &fc["hybrid_vsock"]),
+        (Some("vm"), &json!(path))
+    );
+}

@@ -294,6 +294,15 @@ impl Daemon {
         VmId::parse(reply["id"].as_str().unwrap()).unwrap()
     }
 
+    /// Attaches a VM whose VMM serves the hybrid-vsock socket `path` (under the root), through
+    /// the admin API.
+    pub fn add_vm(&self, name: &str, path: &Path) -> VmId {
+        let body = serde_json::json!({ "name": name, "hybrid_vsock": path }).to_string();
+        let (status, reply) = self.api("POST", "/v1/partitions", Some(&body));
+        assert!(status == 201 || status == 200, "{status} {reply}");
+        VmId::parse(reply["id"].as_str().unwrap()).unwrap()
+    }
+
     /// A `hvsock` command aimed at this daemon.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(&bins().hvsock);

@@ -132,6 +132,10 @@ pub struct Partition {
     /// For a VM: the VMM's hybrid-vsock socket.
     #[serde(default)]
     pub hybrid_vsock: Option<PathBuf>,
+    /// For a VM: the guest ports hvsockd listens on (`PATH_<port>`), those of host services
+    /// the guest may reach now.
+    #[serde(default)]
+    pub guest_ports: Vec<u32>,
     /// Connected clients (sessions) on its endpoint.
     #[serde(default)]
     pub sessions: u64,
@@ -248,6 +252,9 @@ pub struct NewPartition {
     /// Its parent, by id or name; the root if not given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// For a VM: its VMM's hybrid-vsock socket (absolute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hybrid_vsock: Option<PathBuf>,
 }
 
 /// A live listener (`GET /v1/listeners`).

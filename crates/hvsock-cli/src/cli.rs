@@ -65,7 +65,7 @@ pub enum Command {
     /// Register, list, switch and remove services.
     #[command(subcommand)]
     Service(ServiceCommand),
-    /// Add, list and remove partitions (sandboxes).
+    /// Add, list and remove partitions (sandboxes, and VMs attached by hybrid vsock).
     #[command(subcommand)]
     Vm(VmCommand),
     /// Listen on ADDR like `nc -l` (one connection, or --keep for many).
@@ -318,10 +318,20 @@ pub fn split_list(list: &str) -> Vec<String> {
 /// `hvsock vm …`.
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Add a sandbox partition and print its VmId.
+    /// Add a sandbox partition, or a VM with --hybrid-vsock, and print its VmId.
     ///
-    /// hvsockd opens its endpoint socket at DIR/partitions/VMID.sock, to be bind-mounted
-    /// into the sandbox. Adding the same name and VmId again succeeds and changes nothing.
+    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/VMID.sock, to be
+    /// bind-mounted into the sandbox.
+    ///
+    /// A VM (--hybrid-vsock PATH): PATH is the Unix socket its VMM serves for the guest's
+    /// vsock device (Firecracker `uds_path`, Cloud Hypervisor `--vsock socket=PATH`,
+    /// vhost-device-vsock `--uds-path PATH`); its directory must exist. hvsockd connects into
+    /// the guest through PATH, and listens on PATH_N while a host listener the guest may
+    /// reach exists for port N. Only vsock-template services (`hvsock service add NAME
+    /// --port N`) cross into or out of a guest: a guest has ports, not GUIDs. The VM's
+    /// identity is the attachment; nothing the guest says changes it.
+    ///
+    /// Adding the same name and VmId again succeeds and changes nothing.
     Add {
         /// Its name.
         #[arg(value_parser = parse_partition_name)]
@@ -332,6 +342,9 @@ pub enum VmCommand {
         /// Its parent partition (default: the root, `host`).
         #[arg(long, value_name = "ID|NAME")]
         parent: Option<String>,
+        /// Attach a VM through its VMM's hybrid-vsock socket PATH (made absolute here).
+        #[arg(long, value_name = "PATH")]
+        hybrid_vsock: Option<PathBuf>,
     },
     /// List the partitions, the root first.
     List(JsonFlag),

@@ -7,7 +7,7 @@
 //! hvsock service remove [--if-exists] ID|NAME | rename ID|NAME NEW
 //! hvsock service policy ID|NAME [--connect LIST|--connect-any] [--bind LIST|--bind-any]
 //!                               [--wildcard-bind yes|no] [--default]
-//! hvsock vm add NAME [--id GUID] [--parent ID|NAME]             # prints the VmId
+//! hvsock vm add NAME [--id GUID] [--parent ID|NAME] [--hybrid-vsock PATH]   # prints the VmId
 //! hvsock vm list | show ID|NAME | children ID|NAME | rename ID|NAME NEW
 //! hvsock vm remove [--if-exists] ID|NAME
 //! hvsock registry export [--output FILE] | import FILE [--replace] [--dry-run]

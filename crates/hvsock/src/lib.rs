@@ -20,6 +20,11 @@
 //! # }
 //! ```
 //!
+//! Inside a Linux guest of a VM attached to hvsockd (Firecracker, Cloud Hypervisor, QEMU with
+//! vhost-device-vsock), the same program runs over `AF_VSOCK` with `HVSOCK_TRANSPORT=vsock`
+//! (or [`Transport::Vsock`]): `PARENT` is the host, and services must be vsock ports
+//! ([`ServiceId::from_vsock_port`]); see [`transport`] for the mapping.
+//!
 //! # Modules
 //!
 //! - [`guid`]: [`Guid`], [`VmId`], [`ServiceId`], the well-known VmIds and the vsock template;

@@ -6,7 +6,15 @@
 //!   endpoint is `HVSOCK_ENDPOINT` if set, else `host.sock` in `HVSOCK_DIR`, else in the
 //!   default runtime directory (see [`crate::dirs`]).
 //! - [`Transport::Vsock`]: plain `AF_VSOCK`, inside a Linux guest, only when asked for with
-//!   `HVSOCK_TRANSPORT=vsock` or through this API. The crate never falls back to it.
+//!   `HVSOCK_TRANSPORT=vsock` or through this API. The crate never falls back to it. No daemon
+//!   runs in the guest: connect to PARENT or ZERO reaches the host (CID 2, where hvsockd
+//!   decides), LOOPBACK this guest (CID 1); a listener bound to ZERO or PARENT binds
+//!   `VMADDR_CID_ANY` (PARENT then takes only the host's connections), LOOPBACK CID 1; a
+//!   service must be a vsock-template GUID, whose `Data1` is the port. Anything else is an
+//!   error that says so. Inside a guest, `peer_addr` reports PARENT for the host, LOOPBACK for
+//!   this guest, and the vsock-template GUID of the CID for any other CID (`local_addr` so
+//!   reports the guest's own CID, e.g. `00000003-facb-11e6-bd58-64006a7986d3`); both ends carry
+//!   the service connected to. Linux only.
 //! - [`Transport::HyperV`]: native `AF_HYPERV` on Windows (the default there). The provider
 //!   and vsock transports are Unix-only, and `AF_HYPERV` Windows-only: asking for one where
 //!   it does not exist is an `Unsupported` error that says what to use instead.
@@ -29,7 +37,7 @@ pub enum Transport {
     /// Through the hvsockd endpoint socket at this path; the partition is whichever one this
     /// endpoint belongs to.
     Provider(PathBuf),
-    /// `AF_VSOCK`, inside a Linux guest.
+    /// `AF_VSOCK`, inside a Linux guest (see the module docs for the address mapping).
     Vsock,
     /// `AF_HYPERV`, on Windows.
     HyperV,

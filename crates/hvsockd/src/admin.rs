@@ -12,12 +12,13 @@
 //! | `POST /v1/services/{id-or-name}/enable` and `/disable` | switches it |
 //! | `DELETE /v1/services/{id-or-name}` | removes it (404 `not_found` if absent) |
 //! | `GET /v1/partitions` | every partition |
-//! | `POST /v1/partitions` `{name, id?, parent?}` | adds a sandbox partition and opens its endpoint |
+//! | `POST /v1/partitions` `{name, id?, parent?, hybrid_vsock?}` | adds a sandbox partition and opens its endpoint; with `hybrid_vsock` (an absolute path), a VM attached through its VMM's hybrid-vsock socket instead (no endpoint) |
 //! | `GET /v1/partitions/{id-or-name}` | one partition |
 //! | `PATCH /v1/partitions/{id-or-name}` `{name?}` | renames it |
 //! | `GET /v1/partitions/{id-or-name}/children` | its direct children |
 //! | `DELETE /v1/partitions/{id-or-name}` | removes it, its endpoint and its listeners |
 //! | `GET /v1/listeners` | live listeners |
+//! | `GET /v1/attachments` | VM attachments and the `PATH_<port>` sockets open for their guests |
 //! | `GET /v1/registry` | the registry as a document (export) |
 //! | `POST /v1/registry?mode=merge\|replace&dry_run=false` | imports a document, in one transaction |
 //! | `GET /v1/stats` | the counters as JSON |
@@ -29,6 +30,13 @@
 //! errors axum makes itself (a wrong method, a bad query string) are turned into that shape.
 //! Registry writes run on a blocking thread, one at a time, and update the in-memory world in
 //! the same critical section, so that the world never runs ahead of or behind the database.
+//! Every change that can alter what a VM's guest may reach (services, policies, partitions,
+//! imports) is followed by [`attach::reconcile`], which opens or closes the VM's
+//! `PATH_<port>` sockets.
+//!
+//! A partition's parent defaults to the root. VMs cannot have child partitions here (a guest
+//! that hosts its own sandboxes runs its own hvsockd); a VM's partition view shows the guest
+//! ports hvsockd listens on for it (`guest_ports`).
 //!
 //! A service's policy is shown with partitions as `{id, name}` and taken by name or id;
 //! `PATCH` follows JSON merge patch (RFC 7396): an absent member is left as it is, `null`
@@ -48,6 +56,7 @@ use axum::{Json, Router};
 use hvsock::{ServiceId, VmId};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::attach;
 use crate::endpoint;
 use crate::registry::{
     Added, Export, ImportMode, ImportReport, PartitionKind, PartitionRecord, RegistryError,
@@ -120,6 +129,7 @@ routes! {
     delete "/v1/partitions/{key}" => remove_partition,
     get "/v1/partitions/{key}/children" => partition_children,
     get "/v1/listeners" => list_listeners,
+    get "/v1/attachments" => list_attachments,
     get "/v1/registry" => export_registry,
     post "/v1/registry" => import_registry,
     get "/v1/stats" => stats,
@@ -469,6 +479,7 @@ async fn add_service(
     .await?;
     if added == Added::Created {
         tracing::info!(name = %record.name, id = %record.id, "service registered");
+        attach::reconcile(&ctx);
     }
     let status = match added {
         Added::Created => StatusCode::CREATED,
@@ -495,6 +506,7 @@ async fn set_enabled(ctx: Arc<Ctx>, key: String, enabled: bool) -> ApiResult<Jso
     })
     .await?;
     tracing::info!(name = %record.name, enabled, "service switched");
+    attach::reconcile(&ctx);
     Ok(Json(service_view(&ctx, &record)))
 }
 
@@ -524,6 +536,7 @@ async fn remove_service(
         Ok(())
     })
     .await?;
+    attach::reconcile(&ctx);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -538,6 +551,7 @@ pub struct PartitionView {
     children: Vec<String>,
     endpoint: Option<PathBuf>,
     hybrid_vsock: Option<PathBuf>,
+    guest_ports: Vec<u32>,
     sessions: usize,
     listeners: usize,
     created_at: i64,
@@ -563,6 +577,7 @@ fn partition_view(ctx: &Ctx, p: &PartitionRecord) -> PartitionView {
         children,
         endpoint: ctx.endpoints.path(p.id),
         hybrid_vsock: p.hybrid_vsock.clone(),
+        guest_ports: ctx.attachments.ports(p.id),
         sessions: ctx.endpoints.sessions(p.id),
         listeners,
         created_at: p.created_at,
@@ -590,6 +605,8 @@ struct AddPartition {
     name: String,
     id: Option<VmId>,
     parent: Option<String>,
+    /// For a VM: its VMM's hybrid-vsock socket.
+    hybrid_vsock: Option<PathBuf>,
 }
 
 async fn add_partition(
@@ -607,18 +624,67 @@ async fn add_partition(
         )));
     }
     let parent = match &body.parent {
-        Some(key) => find_partition(&ctx, key)?.id,
-        None => ctx.world().root(),
+        Some(key) => find_partition(&ctx, key)?,
+        None => {
+            let root = ctx.world().root();
+            find_partition(&ctx, &root.to_string())?
+        }
+    };
+    if parent.kind == PartitionKind::Vm {
+        return Err(ApiError::bad_request(format!(
+            "partition {} is a VM and cannot have child partitions here: a guest that hosts its own sandboxes runs its own hvsockd",
+            parent.name
+        )));
+    }
+    let parent = parent.id;
+    let kind = match &body.hybrid_vsock {
+        Some(path) => {
+            attach::check_path(path).map_err(|message| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_hybrid_vsock", message)
+            })?;
+            PartitionKind::Vm
+        }
+        None => PartitionKind::Sandbox,
     };
     let (record, added) = write(&ctx, move |ctx| {
-        let (record, added) =
-            ctx.registry()
-                .add_partition(id, &body.name, parent, PartitionKind::Sandbox, None)?;
+        if let Some(path) = &body.hybrid_vsock {
+            let taken = ctx
+                .world()
+                .partitions()
+                .find(|p| p.id != id && p.hybrid_vsock.as_deref() == Some(path.as_path()))
+                .map(|p| p.name.clone());
+            if let Some(other) = taken {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "the hybrid-vsock socket {} is already attached to VM {other}",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let (record, added) = ctx.registry().add_partition(
+            id,
+            &body.name,
+            parent,
+            kind,
+            body.hybrid_vsock.as_deref(),
+        )?;
         ctx.world().put_partition(record.clone());
         Ok((record, added))
     })
     .await?;
-    if added == Added::Created || ctx.endpoints.path(record.id).is_none() {
+    if kind == PartitionKind::Vm {
+        if added == Added::Created {
+            tracing::info!(
+                name = %record.name, id = %record.id,
+                hybrid_vsock = %record.hybrid_vsock.as_deref().unwrap_or(Path::new("")).display(),
+                "VM attached"
+            );
+            attach::reconcile(&ctx);
+        }
+    } else if added == Added::Created || ctx.endpoints.path(record.id).is_none() {
         let path = ctx.dirs.partition_socket(record.id);
         if let Err(e) = endpoint::open(&ctx, record.id, &path, PARTITION_SOCKET_MODE) {
             tracing::error!("opening the endpoint of partition {}: {e}", record.name);
@@ -657,6 +723,7 @@ async fn remove_partition(
         listener.close();
     }
     endpoint::close(&ctx, record.id);
+    attach::reconcile(&ctx);
     tracing::info!(name = %record.name, id = %record.id, "partition removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -701,6 +768,63 @@ async fn list_listeners(State(ctx): State<Arc<Ctx>>) -> Json<Vec<ListenerView>> 
         })
         .collect();
     views.sort_by_key(|v| v.id);
+    Json(views)
+}
+
+/// A guest port hvsockd listens on for a VM (`PATH_<port>`).
+#[derive(Debug, Serialize)]
+pub struct GuestPortView {
+    port: u32,
+    path: PathBuf,
+    service: ServiceId,
+    service_name: Option<String>,
+}
+
+/// A VM attachment as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AttachmentView {
+    partition: VmId,
+    name: String,
+    parent: Option<VmId>,
+    hybrid_vsock: PathBuf,
+    guest_ports: Vec<GuestPortView>,
+}
+
+async fn list_attachments(State(ctx): State<Arc<Ctx>>) -> Json<Vec<AttachmentView>> {
+    let vms: Vec<PartitionRecord> = ctx
+        .world()
+        .partitions()
+        .filter(|p| p.kind == PartitionKind::Vm)
+        .cloned()
+        .collect();
+    let mut views: Vec<AttachmentView> = vms
+        .into_iter()
+        .filter_map(|p| {
+            let path = p.hybrid_vsock?;
+            let guest_ports = ctx
+                .attachments
+                .ports(p.id)
+                .into_iter()
+                .map(|port| {
+                    let service = ServiceId::from_vsock_port(port);
+                    GuestPortView {
+                        port,
+                        path: attach::port_path(&path, port),
+                        service,
+                        service_name: ctx.world().service(service).map(|s| s.name.clone()),
+                    }
+                })
+                .collect();
+            Some(AttachmentView {
+                partition: p.id,
+                name: p.name,
+                parent: p.parent,
+                hybrid_vsock: path,
+                guest_ports,
+            })
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
     Json(views)
 }
 
@@ -830,6 +954,7 @@ async fn patch_service(
             id = %record.id, name = %record.name, was = %before.name, enabled = record.enabled,
             policy = ?record.policy, "service changed"
         );
+        attach::reconcile(&ctx);
     }
     Ok(Json(service_view(&ctx, &record)))
 }
@@ -927,6 +1052,7 @@ async fn import_registry(
         listener.close();
     }
     if report.changed() && !report.dry_run {
+        attach::reconcile(&ctx);
         sync_endpoints(&ctx, old_root)?;
         for change in &report.changes {
             tracing::info!(mode = ?report.mode, "import: {change}");

@@ -331,6 +331,14 @@ impl Loaded {
                     "{entry}: a partition by that name comes twice"
                 )));
             }
+            if let Some(path) = &p.hybrid_vsock {
+                if !path.is_absolute() {
+                    return Err(invalid(format!(
+                        "{entry}: hybrid_vsock {} must be an absolute path",
+                        path.display()
+                    )));
+                }
+            }
         }
         Ok(Loaded {
             path: path.to_owned(),
@@ -799,6 +807,10 @@ connect = ["web", "host"]
             ),
             ("[[partition]]\nname = \"host\"\n", "root partition"),
             ("[[partition]]\nname = \"parent\"\n", "keyword"),
+            (
+                "[[partition]]\nname = \"vm\"\nhybrid_vsock = \"fc.sock\"\n",
+                "absolute path",
+            ),
             ("log_format = \"xml\"\n", "log_format"),
         ] {
             let err = parse(text).expect_err(needle);

@@ -3,6 +3,13 @@
 //! and VMs), then hands each end a kernel socket and gets out of the way: it relays no bytes
 //! and keeps no data-path descriptor, so established connections outlive it.
 //!
+//! A sandbox partition is reached through its endpoint socket. A VM partition is reached
+//! through its VMM's hybrid-vsock socket (Firecracker, Cloud Hypervisor, vhost-device-vsock for
+//! QEMU): hvsockd connects into the guest through it, and listens on `PATH_<port>` exactly while
+//! a host listener the guest may reach exists; the guest itself needs no daemon, only the
+//! crate's vsock transport. Only vsock-template services (ports) cross into a guest. See
+//! [`attach`] and `docs/vms.md`.
+//!
 //! # Modules
 //!
 //! - [`server`]: start-up ([`Server::bind`]), the shared context, shutdown;
@@ -12,6 +19,9 @@
 //! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
 //!   accept loops; a client's partition is the endpoint it came through;
 //! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames;
+//! - [`attach`]: VM attachments over hybrid vsock: the host-to-guest handshake (a state
+//!   machine, with retries), and the guest-to-host sockets `PATH_<port>`, reconciled with the
+//!   listeners and services after every change;
 //! - [`router`]: the address semantics as pure functions (which partition a connect reaches,
 //!   which listener takes it, which binds are refused), tested row by row;
 //! - [`state`]: the in-memory world (registry mirror and live listeners) that turns router
@@ -24,6 +34,7 @@
 
 pub mod activation;
 pub mod admin;
+pub mod attach;
 pub mod config;
 pub mod endpoint;
 pub mod listeners;

@@ -25,6 +25,7 @@ use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::{self, ActivationError, ListenFds};
+use crate::attach::{self, Attachments};
 use crate::config::{ConfigError, Declared};
 use crate::endpoint::{self, Endpoints, SocketFile};
 use crate::metrics::Metrics;
@@ -38,6 +39,9 @@ pub const HOST_SOCKET_MODE: u32 = 0o660;
 pub const PARTITION_SOCKET_MODE: u32 = 0o666;
 /// Mode of `admin.sock`: the owner only.
 pub const ADMIN_SOCKET_MODE: u32 = 0o600;
+/// How often hvsockd retries guest sockets it could not open (e.g. a VM directory that did not
+/// exist yet).
+pub const ATTACH_RETRY: Duration = Duration::from_secs(2);
 
 /// Limits that keep one client from hurting the others.
 #[derive(Debug, Clone)]
@@ -178,6 +182,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Open endpoints.
     pub endpoints: Endpoints,
+    /// Open guest-to-host sockets of VM attachments.
+    pub attachments: Attachments,
     /// When hvsockd started.
     pub started: Instant,
 }
@@ -292,6 +298,9 @@ impl Server {
             .filter(|p| p.kind == PartitionKind::Sandbox)
             .map(|p| p.id)
             .collect();
+        for path in world.partitions().filter_map(|p| p.hybrid_vsock.as_deref()) {
+            attach::remove_stale(path);
+        }
         let ctx = Arc::new(Ctx {
             dirs: dirs.clone(),
             limits: config.limits,
@@ -300,6 +309,7 @@ impl Server {
             registry: Mutex::new(registry),
             metrics: Metrics::default(),
             endpoints: Endpoints::default(),
+            attachments: Attachments::default(),
             started: Instant::now(),
         });
         let socket_err = |what: String| move |source| ServeError::Socket { what, source };
@@ -359,6 +369,9 @@ impl Server {
                 Some(listener)
             }
         };
+        // Nothing is bound yet, so no guest port opens here; binds open them as they come.
+        attach::reconcile(&ctx);
+        tokio::spawn(attach::retry_loop(ctx.clone(), ATTACH_RETRY));
         tracing::info!(
             dir = %dirs.run.display(), root = %root,
             "hvsockd ready: endpoint {}, admin API {}",
@@ -401,6 +414,7 @@ impl Server {
         tracing::info!("hvsockd stopping");
         ctx.shutdown.cancel();
         endpoint::remove_all(&ctx);
+        attach::close_all(&ctx);
         if self.admin_file == SocketFile::Owned {
             let _ = std::fs::remove_file(ctx.dirs.admin_socket());
         }

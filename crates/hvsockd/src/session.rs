@@ -126,7 +126,11 @@ pub async fn run(ctx: Arc<Ctx>, partition: VmId, fd: OwnedFd, cancel: Cancellati
             }
             (State::Fresh, Frame::Bind { req, addr, backlog }) => {
                 match bind(&ctx, &sock, client, req, addr, backlog) {
-                    Some(listener) => State::Listener(listener),
+                    Some(listener) => {
+                        // A VM may now reach this listener: open its guest port.
+                        crate::attach::reconcile(&ctx);
+                        State::Listener(listener)
+                    }
                     None => State::Fresh,
                 }
             }
@@ -153,8 +157,9 @@ pub async fn run(ctx: Arc<Ctx>, partition: VmId, fd: OwnedFd, cancel: Cancellati
     }
 }
 
-fn close_listener(ctx: &Ctx, listener: &Listener) {
+fn close_listener(ctx: &Arc<Ctx>, listener: &Listener) {
     ctx.world().unbind(listener);
+    crate::attach::reconcile(ctx);
     listener.close();
     tracing::debug!(id = listener.id, addr = ?listener.addr, "listener closed");
 }
@@ -289,14 +294,26 @@ async fn connect(
             return;
         }
     };
-    let Target::Listener(listener) = routed.target.clone() else {
-        let refused = Refused::new(
-            ErrorCode::Unsupported,
-            "vm",
-            "connections into VM partitions are not available in this hvsockd",
-        );
-        finish(ctx, sock, req, client, &routed, started, Err(refused)).await;
-        return;
+    let listener = match routed.target.clone() {
+        Target::Listener(listener) => listener,
+        Target::Vm {
+            partition,
+            hybrid_vsock,
+        } => {
+            into_guest(
+                ctx,
+                sock,
+                outstanding,
+                client,
+                req,
+                routed,
+                started,
+                timeout_ms,
+                (partition, hybrid_vsock),
+            )
+            .await;
+            return;
+        }
     };
     match listener.offer(routed.listener.into(), routed.connector.into(), Conn::Pair) {
         Offer::Delivered(end) => {
@@ -333,6 +350,53 @@ async fn connect(
             });
         }
     }
+}
+
+/// A connect into a VM: through its VMM's hybrid-vsock socket, on a task of its own (the
+/// handshake may be retried for the whole timeout), so the session goes on meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn into_guest(
+    ctx: &Arc<Ctx>,
+    sock: &Arc<AsyncFd<OwnedFd>>,
+    outstanding: &Arc<AtomicUsize>,
+    client: Client,
+    req: u32,
+    routed: Routed,
+    started: Instant,
+    timeout_ms: u32,
+    (vm, path): (VmId, std::path::PathBuf),
+) {
+    let Some(port) = routed.listener.service_id.vsock_port() else {
+        let service = ctx
+            .world()
+            .service(routed.listener.service_id)
+            .map(|s| format!("{} ({})", s.name, s.id))
+            .unwrap_or_else(|| routed.listener.service_id.to_string());
+        let refused = crate::attach::not_template(&service, &ctx.label(vm));
+        finish(ctx, sock, req, client, &routed, started, Err(refused)).await;
+        return;
+    };
+    outstanding.fetch_add(1, Ordering::AcqRel);
+    let (ctx, sock, outstanding) = (ctx.clone(), sock.clone(), outstanding.clone());
+    let timeout = std::time::Duration::from_millis(timeout_ms.into());
+    tokio::spawn(async move {
+        let result = crate::attach::connect_guest(&path, port, timeout)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                let (code, reason) = e.code();
+                Refused::new(
+                    code,
+                    reason,
+                    format!(
+                        "connecting to VM {} on vsock port {port}: {e}",
+                        ctx.label(vm)
+                    ),
+                )
+            });
+        finish(&ctx, &sock, req, client, &routed, started, result).await;
+        outstanding.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 fn outcome_result(outcome: Outcome) -> Result<Option<OwnedFd>, Refused> {

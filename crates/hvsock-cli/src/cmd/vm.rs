@@ -6,6 +6,7 @@
 //! there is nothing to remove.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use hvsock::VmId;
 
@@ -20,7 +21,12 @@ use crate::output::{Fields, Table, or_dash, timestamp, write_json};
 /// Runs one `vm` command.
 pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
-        VmCommand::Add { name, id, parent } => add(ctx, name, id, parent, out),
+        VmCommand::Add {
+            name,
+            id,
+            parent,
+            hybrid_vsock,
+        } => add(ctx, name, id, parent, hybrid_vsock, out),
         VmCommand::List(flag) => list(ctx, flag.json, out),
         VmCommand::Show(args) => show(ctx, &args.key, args.json, out),
         VmCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
@@ -39,14 +45,24 @@ fn add(
     name: String,
     id: Option<VmId>,
     parent: Option<String>,
+    hybrid_vsock: Option<PathBuf>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let doing = || format!("adding partition {name:?}");
+    // hvsockd wants an absolute path; a relative one means from here, as for any command.
+    let hybrid_vsock = hybrid_vsock
+        .map(|p| std::path::absolute(&p))
+        .transpose()
+        .map_err(|source| CliError::Socket {
+            doing: "resolving the --hybrid-vsock path".to_owned(),
+            source,
+        })?;
     let api = admin(ctx, doing)?;
     let new = NewPartition {
         name: name.clone(),
         id,
         parent,
+        hybrid_vsock,
     };
     let reply = api.add_partition(&new).doing(doing)?;
     writeln!(out, "{}", reply.value.id)?;
@@ -117,6 +133,16 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
         .field(
             "hybrid_vsock",
             or_dash(p.hybrid_vsock.as_ref().map(|e| e.display())),
+        )
+        .field(
+            "guest_ports",
+            or_dash((!p.guest_ports.is_empty()).then(|| {
+                p.guest_ports
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })),
         )
         .field("sessions", p.sessions)
         .field("listeners", p.listeners)

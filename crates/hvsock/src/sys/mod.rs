@@ -46,6 +46,15 @@ pub(crate) fn connect(
                 peer: est.peer,
             })
         }
+        #[cfg(target_os = "linux")]
+        Transport::Vsock => {
+            let est = unix::vsock::connect(addr, timeout)?;
+            Ok(HvStream {
+                inner: Socket::from_fd(est.fd),
+                local: est.local,
+                peer: est.peer,
+            })
+        }
         #[cfg(windows)]
         Transport::HyperV => windows::connect(addr, timeout),
         other => Err(other.unsupported()),
@@ -62,6 +71,8 @@ pub(crate) fn connect(
 pub(crate) enum Listener {
     #[cfg(unix)]
     Provider(unix::provider::Listener),
+    #[cfg(target_os = "linux")]
+    Vsock(unix::vsock::Listener),
     #[cfg(windows)]
     HyperV(windows::Listener),
 }
@@ -77,6 +88,8 @@ impl Listener {
             Transport::Provider(endpoint) => Ok(Listener::Provider(
                 unix::provider::Listener::bind(endpoint, addr, backlog)?,
             )),
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => Ok(Listener::Vsock(unix::vsock::Listener::bind(addr, backlog)?)),
             #[cfg(windows)]
             Transport::HyperV => Ok(Listener::HyperV(windows::Listener::bind(addr, backlog)?)),
             other => Err(other.unsupported()),
@@ -94,6 +107,15 @@ impl Listener {
                     peer: est.peer,
                 })
             }
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => {
+                let est = l.accept()?;
+                Ok(HvStream {
+                    inner: Socket::from_fd(est.fd),
+                    local: est.local,
+                    peer: est.peer,
+                })
+            }
             #[cfg(windows)]
             Listener::HyperV(l) => l.accept(),
         }
@@ -103,6 +125,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => l.local_addr(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.local_addr(),
             #[cfg(windows)]
             Listener::HyperV(l) => l.local_addr(),
         }
@@ -112,6 +136,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => l.set_nonblocking(on),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.set_nonblocking(on),
             #[cfg(windows)]
             Listener::HyperV(l) => l.set_nonblocking(on),
         }
@@ -124,6 +150,9 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => l.flush_acks(),
+            // A vsock listener owes nobody anything.
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => {}
             // Winsock owes nobody anything.
             #[cfg(windows)]
             Listener::HyperV(_) => {}
@@ -134,6 +163,8 @@ impl Listener {
         match self {
             #[cfg(unix)]
             Listener::Provider(l) => Ok(Listener::Provider(l.try_clone()?)),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => Ok(Listener::Vsock(l.try_clone()?)),
             #[cfg(windows)]
             Listener::HyperV(l) => Ok(Listener::HyperV(l.try_clone()?)),
         }
@@ -145,6 +176,8 @@ impl std::os::fd::AsFd for Listener {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Listener::Provider(l) => l.fd(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.fd(),
         }
     }
 }

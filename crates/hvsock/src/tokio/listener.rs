@@ -44,6 +44,13 @@ impl HvListener {
             Transport::Provider(endpoint) => {
                 sys::Listener::Provider(super::provider::bind(endpoint, addr, backlog).await?)
             }
+            // Binding a vsock socket never waits.
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => {
+                let listener = sys::unix::vsock::Listener::bind(addr, backlog)?;
+                listener.set_nonblocking(true)?;
+                sys::Listener::Vsock(listener)
+            }
             // Binding does not wait on Windows.
             #[cfg(windows)]
             Transport::HyperV => sys::Listener::bind(transport, addr, backlog)?,

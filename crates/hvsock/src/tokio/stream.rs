@@ -60,6 +60,17 @@ impl HvStream {
                 let est = super::provider::connect(endpoint, addr, timeout).await?;
                 HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
             }
+            // The vsock connect (non-blocking connect + poll, bounded by `timeout`) runs on a
+            // blocking thread rather than the reactor.
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => {
+                let est = ::tokio::task::spawn_blocking(move || {
+                    crate::sys::unix::vsock::connect(addr, timeout)
+                })
+                .await
+                .map_err(|e| io::Error::other(format!("the vsock connect task failed: {e}")))??;
+                HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
+            }
             #[cfg(windows)]
             Transport::HyperV => super::windows::connect(addr, timeout).await,
             other => Err(other.unsupported()),

@@ -190,6 +190,7 @@ fn validate(doc: &Export) -> Result<()> {
     let mut parents: HashMap<VmId, VmId> = HashMap::new();
     let mut kinds: HashMap<VmId, PartitionKind> = HashMap::new();
     let mut names = HashSet::from([ROOT_NAME]);
+    let mut paths: HashSet<&Path> = HashSet::new();
     for p in &doc.partitions {
         hvsock::addr::check_partition_name(&p.name)
             .map_err(|e| invalid(format!("partition {}: {e}", p.id)))?;
@@ -217,6 +218,19 @@ fn validate(doc: &Export) -> Result<()> {
             }
             (PartitionKind::Vm, None) => {
                 return Err(invalid(format!("VM {:?} has no hybrid_vsock path", p.name)));
+            }
+            (PartitionKind::Vm, Some(path)) if !path.is_absolute() => {
+                return Err(invalid(format!(
+                    "VM {:?} has the hybrid_vsock path {}, which is not absolute",
+                    p.name,
+                    path.display()
+                )));
+            }
+            (PartitionKind::Vm, Some(path)) if !paths.insert(path.as_path()) => {
+                return Err(invalid(format!(
+                    "the hybrid_vsock path {} is given to two VMs",
+                    path.display()
+                )));
             }
             (PartitionKind::Sandbox, Some(_)) => {
                 return Err(invalid(format!(

@@ -2,6 +2,8 @@
 //! transports (the hvsockd provider, and AF_VSOCK inside a Linux guest).
 
 pub(crate) mod provider;
+#[cfg(target_os = "linux")]
+pub(crate) mod vsock;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
