@@ -77,8 +77,7 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -87,10 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, Transport, VmId};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use hvsock_proto::unix::{recv_message, send_message};
 
 /// Set in the environment of the re-executed peer.
 const PEER_ENV: &str = "HVSOCK_BENCH_PEER";
@@ -253,61 +249,21 @@ impl Opts {
 // or answer, fields separated by '\n', with at most one descriptor attached.
 
 fn ctl_send(sock: BorrowedFd<'_>, msg: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other(
-                "control buffer too small for a descriptor",
-            ));
-        }
-    }
-    loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(msg.as_bytes())],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    send_message(sock, msg.as_bytes(), fd, false).map(drop)
 }
 
 /// One message and the descriptor it carried; `UnexpectedEof` when the other side is gone.
 fn ctl_recv(sock: BorrowedFd<'_>) -> io::Result<(String, Option<OwnedFd>)> {
     let mut buf = [0u8; 4096];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = loop {
-        match rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => break msg,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut fd = None;
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fd = received.last();
-        }
-    }
-    if msg.bytes == 0 {
+    let mut msg = recv_message(sock, &mut buf, false)?;
+    if msg.len == 0 && msg.fds.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the other process closed the control channel",
         ));
     }
-    Ok((String::from_utf8_lossy(&buf[..msg.bytes]).into_owned(), fd))
+    let text = String::from_utf8_lossy(&buf[..msg.len]).into_owned();
+    Ok((text, msg.fds.pop()))
 }
 
 /// A byte stream of any of the variants.
@@ -1212,7 +1168,9 @@ impl Report<'_> {
     fn bulk_verdict(&self) -> String {
         let (hv, hv_paired) = self.results.ratio(Kind::Bulk, Variant::Hvsock);
         let (unix, unix_paired) = self.results.ratio(Kind::Bulk, Variant::Unix);
-        let verdict = if hv >= 0.95 || hv_paired >= 0.95 {
+        let verdict = if self.mode == "quick" {
+            "a quick run is too short to judge the 5% DESIGN.md promises: run the full benchmark"
+        } else if hv >= 0.95 || hv_paired >= 0.95 {
             "within the 5% DESIGN.md promises"
         } else if (1.0 - hv) <= (1.0 - unix).abs() + 0.01 {
             "below 0.95×, but no further from 1.00× than the control: noise, rerun with --only bulk --reps 61"

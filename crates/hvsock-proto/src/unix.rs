@@ -87,36 +87,22 @@ pub struct Received {
 /// instead of waiting.
 pub fn recv_frame(sock: impl AsFd, dontwait: bool) -> Result<Received, RecvError> {
     let mut buf = [0u8; MAX_FRAME];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut flags = RecvFlags::CMSG_CLOEXEC;
-    if dontwait {
-        flags |= RecvFlags::DONTWAIT;
-    }
-    let msg = rustix::net::recvmsg(
-        sock.as_fd(),
-        &mut [IoSliceMut::new(&mut buf)],
-        &mut control,
-        flags,
-    )
-    .map_err(|e| RecvError::Io(e.into()))?;
-    // Own every descriptor first, so that each is closed on every error path below.
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
+    let Message {
+        len,
+        mut fds,
+        truncated,
+        fds_truncated,
+    } = recv_message(sock, &mut buf, dontwait).map_err(RecvError::Io)?;
+    if fds_truncated {
         return Err(RecvError::FdsTruncated);
     }
-    if msg.flags.contains(ReturnFlags::TRUNC) {
+    if truncated {
         return Err(RecvError::Oversized);
     }
-    if msg.bytes == 0 && fds.is_empty() {
+    if len == 0 && fds.is_empty() {
         return Err(RecvError::Closed);
     }
-    let frame = Frame::decode(&buf[..msg.bytes])?;
+    let frame = Frame::decode(&buf[..len])?;
     let expected = usize::from(frame.carries_fd());
     if fds.len() != expected {
         return Err(RecvError::Fds {
@@ -140,6 +126,74 @@ pub fn send_frame(
     dontwait: bool,
 ) -> io::Result<()> {
     let bytes = frame.encode();
+    let sent = send_message(sock, &bytes, fd, dontwait)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {} frame bytes", bytes.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// One message as [`recv_message`] received it.
+#[derive(Debug)]
+pub struct Message {
+    /// Bytes received into the buffer.
+    pub len: usize,
+    /// Every descriptor that came with it, owned (closed when dropped).
+    pub fds: Vec<OwnedFd>,
+    /// The message was longer than the buffer (`MSG_TRUNC`); the rest is lost.
+    pub truncated: bool,
+    /// More descriptors came than fit (`MSG_CTRUNC`); the kernel closed the rest.
+    pub fds_truncated: bool,
+}
+
+/// Receives one message into `buf` with up to four passed descriptors (`MSG_CMSG_CLOEXEC`),
+/// retrying `EINTR`. The building block of [`recv_frame`], for other message protocols over
+/// `SOCK_SEQPACKET` (the benchmark's control channel).
+pub fn recv_message(sock: impl AsFd, buf: &mut [u8], dontwait: bool) -> io::Result<Message> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if dontwait {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        match rustix::net::recvmsg(
+            sock.as_fd(),
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            flags,
+        ) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Own every descriptor at once, so that each is closed whatever the caller does next.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(Message {
+        len: msg.bytes.min(buf.len()),
+        fds,
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
+        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    })
+}
+
+/// Sends `bytes` as one message with `fd` attached if given, with `MSG_NOSIGNAL`, retrying
+/// `EINTR`; returns the bytes sent. With `dontwait`, returns `WouldBlock` instead of waiting.
+pub fn send_message(
+    sock: impl AsFd,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+    dontwait: bool,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     let fds;
@@ -155,14 +209,13 @@ pub fn send_frame(
     if dontwait {
         flags |= SendFlags::DONTWAIT;
     }
-    let sent = rustix::net::sendmsg(sock.as_fd(), &[IoSlice::new(&bytes)], &mut control, flags)?;
-    if sent != bytes.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("sent {sent} of {} frame bytes", bytes.len()),
-        ));
+    loop {
+        match rustix::net::sendmsg(sock.as_fd(), &[IoSlice::new(bytes)], &mut control, flags) {
+            Ok(sent) => return Ok(sent),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(())
 }
 
 /// Connects a new `SOCK_SEQPACKET` socket to the endpoint at `path`.
