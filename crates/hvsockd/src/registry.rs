@@ -276,6 +276,51 @@ fn policy_from_column(text: &str) -> Result<Option<Policy>> {
         .map_err(|_| corrupt())
 }
 
+/// The two tables whose rows have unique names.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Services,
+    Partitions,
+}
+
+impl Table {
+    fn name_lookup(self) -> &'static str {
+        match self {
+            Table::Services => "SELECT id FROM services WHERE name = ?1 AND id != ?2",
+            Table::Partitions => "SELECT id FROM partitions WHERE name = ?1 AND id != ?2",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Table::Services => "service",
+            Table::Partitions => "partition",
+        }
+    }
+}
+
+/// Fails with [`RegistryError::NameTaken`] if an entry other than `except` has `name`.
+fn check_name_free(
+    conn: &Connection,
+    table: Table,
+    name: &str,
+    except: Option<Guid>,
+) -> Result<()> {
+    let except = except.map(|id| id.to_string()).unwrap_or_default();
+    let other: Option<String> = conn
+        .query_row(table.name_lookup(), params![name, except], |row| row.get(0))
+        .optional()
+        .map_err(sql("looking up a name"))?;
+    match other {
+        Some(other) => Err(RegistryError::NameTaken {
+            what: table.what(),
+            name: name.to_owned(),
+            id: parse_guid("id", &other)?,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn parse_guid(what: &'static str, s: &str) -> Result<Guid> {
     Guid::parse(s).map_err(|_| RegistryError::Corrupt {
         what,
@@ -519,19 +564,7 @@ impl Registry {
                 name: existing,
             });
         }
-        let by_name: Option<String> = tx
-            .query_row("SELECT id FROM services WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(sql("looking up a service"))?;
-        if let Some(other) = by_name {
-            return Err(RegistryError::NameTaken {
-                what: "service",
-                name: name.to_owned(),
-                id: parse_guid("service id", &other)?,
-            });
-        }
+        check_name_free(&tx, Table::Services, name, None)?;
         let created_at = now();
         tx.execute(
             "INSERT INTO services (id, name, enabled, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -588,21 +621,7 @@ impl Registry {
             created_at,
         };
         if let Some(name) = name {
-            let other: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM services WHERE name = ?1 AND id != ?2",
-                    params![name, id.to_string()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sql("looking up a service"))?;
-            if let Some(other) = other {
-                return Err(RegistryError::NameTaken {
-                    what: "service",
-                    name: name.to_owned(),
-                    id: parse_guid("service id", &other)?,
-                });
-            }
+            check_name_free(&tx, Table::Services, name, Some(id.0))?;
             record.name = name.to_owned();
         }
         if let Some(enabled) = enabled {
@@ -727,19 +746,7 @@ impl Registry {
                 name: old_name,
             });
         }
-        let by_name: Option<String> = tx
-            .query_row("SELECT id FROM partitions WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(sql("looking up a partition"))?;
-        if let Some(other) = by_name {
-            return Err(RegistryError::NameTaken {
-                what: "partition",
-                name: name.to_owned(),
-                id: parse_guid("partition id", &other)?,
-            });
-        }
+        check_name_free(&tx, Table::Partitions, name, None)?;
         let parent_exists: bool = tx
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM partitions WHERE id = ?1)",
@@ -833,21 +840,7 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        let other: Option<String> = tx
-            .query_row(
-                "SELECT id FROM partitions WHERE name = ?1 AND id != ?2",
-                params![name, id.to_string()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("looking up a partition"))?;
-        if let Some(other) = other {
-            return Err(RegistryError::NameTaken {
-                what: "partition",
-                name: name.to_owned(),
-                id: parse_guid("partition id", &other)?,
-            });
-        }
+        check_name_free(&tx, Table::Partitions, name, Some(id.0))?;
         let changed = tx
             .execute(
                 "UPDATE partitions SET name = ?2 WHERE id = ?1",
