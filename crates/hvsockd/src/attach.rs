@@ -532,11 +532,7 @@ pub fn wanted(world: &World) -> BTreeMap<(VmId, u32), PathBuf> {
         .listeners()
         .map(|l| (l.partition, l.addr.vm_id, l.addr.service_id))
         .collect();
-    let state = |service: ServiceId| match world.service(service) {
-        None => ServiceState::Unregistered,
-        Some(s) if s.enabled => ServiceState::Enabled,
-        Some(_) => ServiceState::Disabled,
-    };
+    let state = |service: ServiceId| world.service_state(service);
     for (vm, path) in vms {
         let policy = |service: ServiceId| world.effective_policy(service);
         for port in wanted_ports_with_policy(world.topology(), vm, &bound, state, policy) {

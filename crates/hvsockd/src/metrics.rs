@@ -258,45 +258,27 @@ impl Metrics {
             )
         };
 
-        header(
+        let partition = |id: VmId| esc(&world.partition_label(id));
+        counter(
             &mut out,
             "hvsock_connections_total",
-            "counter",
             "Connections established, by service and connecting partition.",
+            &inner.established,
+            |&(from, service)| format!("{},partition=\"{}\"", svc_labels(service), partition(from)),
         );
-        let mut lines: Vec<String> = inner
-            .established
-            .iter()
-            .map(|(&(from, service), n)| {
-                format!(
-                    "hvsock_connections_total{{{},partition=\"{}\"}} {n}\n",
-                    svc_labels(service),
-                    esc(&world.partition_label(from))
-                )
-            })
-            .collect();
-        lines.sort();
-        out.extend(lines);
-
-        header(
+        counter(
             &mut out,
             "hvsock_connections_refused_total",
-            "counter",
             "Connects refused, by service, connecting partition and reason.",
-        );
-        let mut lines: Vec<String> = inner
-            .refused
-            .iter()
-            .map(|(&(from, service, reason), n)| {
+            &inner.refused,
+            |&(from, service, reason)| {
                 format!(
-                    "hvsock_connections_refused_total{{{},partition=\"{}\",reason=\"{reason}\"}} {n}\n",
+                    "{},partition=\"{}\",reason=\"{reason}\"",
                     svc_labels(service),
-                    esc(&world.partition_label(from))
+                    partition(from)
                 )
-            })
-            .collect();
-        lines.sort();
-        out.extend(lines);
+            },
+        );
 
         header(
             &mut out,
@@ -306,11 +288,7 @@ impl Metrics {
         );
         let mut lines = Vec::new();
         for (&(from, service), h) in &inner.latency {
-            let labels = format!(
-                "{},partition=\"{}\"",
-                svc_labels(service),
-                esc(&world.partition_label(from))
-            );
+            let labels = format!("{},partition=\"{}\"", svc_labels(service), partition(from));
             let mut text = String::new();
             for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
                 let _ = writeln!(
@@ -354,44 +332,31 @@ impl Metrics {
             );
         }
 
-        header(
+        counter(
             &mut out,
             "hvsock_binds_refused_total",
-            "counter",
             "Binds refused, by service, binding partition and reason.",
-        );
-        let mut lines: Vec<String> = inner
-            .binds_refused
-            .iter()
-            .map(|(&(partition, service, reason), n)| {
+            &inner.binds_refused,
+            |&(in_partition, service, reason)| {
                 format!(
-                    "hvsock_binds_refused_total{{{},partition=\"{}\",reason=\"{reason}\"}} {n}\n",
+                    "{},partition=\"{}\",reason=\"{reason}\"",
                     svc_labels(service),
-                    esc(&world.partition_label(partition))
+                    partition(in_partition)
                 )
-            })
-            .collect();
-        lines.sort();
-        out.extend(lines);
-
-        header(
+            },
+        );
+        counter(
             &mut out,
             "hvsock_client_errors_total",
-            "counter",
             "Clients dropped for breaking the protocol, by partition and reason.",
-        );
-        let mut lines: Vec<String> = inner
-            .client_errors
-            .iter()
-            .map(|(&(partition, reason), n)| {
+            &inner.client_errors,
+            |&(in_partition, reason)| {
                 format!(
-                    "hvsock_client_errors_total{{partition=\"{}\",reason=\"{reason}\"}} {n}\n",
-                    esc(&world.partition_label(partition))
+                    "partition=\"{}\",reason=\"{reason}\"",
+                    partition(in_partition)
                 )
-            })
-            .collect();
-        lines.sort();
-        out.extend(lines);
+            },
+        );
 
         header(
             &mut out,
@@ -416,6 +381,23 @@ impl Metrics {
         let _ = writeln!(out, "hvsock_partitions {}", world.partitions().count());
         out
     }
+}
+
+/// Writes a counter family: its header, then one sorted line per entry, labelled by `labels`.
+fn counter<K>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    entries: &HashMap<K, u64>,
+    labels: impl Fn(&K) -> String,
+) {
+    header(out, name, "counter", help);
+    let mut lines: Vec<String> = entries
+        .iter()
+        .map(|(key, n)| format!("{name}{{{}}} {n}\n", labels(key)))
+        .collect();
+    lines.sort();
+    out.extend(lines);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

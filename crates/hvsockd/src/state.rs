@@ -222,6 +222,15 @@ impl World {
         }
     }
 
+    /// What the registry says of a service, as the router needs it.
+    pub fn service_state(&self, id: ServiceId) -> ServiceState {
+        match self.services.get(&id) {
+            None => ServiceState::Unregistered,
+            Some(s) if s.enabled => ServiceState::Enabled,
+            Some(_) => ServiceState::Disabled,
+        }
+    }
+
     /// The key a service is counted under: its id if registered.
     pub fn service_key(&self, id: ServiceId) -> Option<ServiceId> {
         self.services.contains_key(&id).then_some(id)
@@ -291,11 +300,7 @@ impl World {
     /// Decides a connect from partition `from` to `target`.
     pub fn route(&self, from: VmId, target: SockAddrHv) -> Result<Routed, Refused> {
         let service = target.service_id;
-        let state = match self.services.get(&service) {
-            None => ServiceState::Unregistered,
-            Some(s) if s.enabled => ServiceState::Enabled,
-            Some(_) => ServiceState::Disabled,
-        };
+        let state = self.service_state(service);
         let bound = |dest: VmId| -> Option<Vec<VmId>> {
             match self.partitions.get(&dest).map(|p| p.kind) {
                 Some(PartitionKind::Vm) => None,
