@@ -412,3 +412,31 @@ fn sigterm_stops_cleanly_and_a_second_hvsockd_is_refused() {
     assert!(!d.dirs().admin_socket().exists());
     canary.check();
 }
+
+#[test]
+fn hvsockd_raises_its_open_file_limit_so_one_partition_cannot_starve_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" --dir \"$1\"")
+        .arg(&support::bins().hvsockd)
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin = dir.path().join("admin.sock");
+    support::wait_for("hvsockd to start", Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&admin).is_ok()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "soft limit not raised: {line}");
+    assert_ne!(soft, "256", "{line}");
+}

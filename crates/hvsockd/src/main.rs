@@ -205,6 +205,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(log_format);
+    raise_open_file_limit();
     let listen_fds: ListenFds = match listen_fds {
         Ok(fds) => fds,
         Err(e) => return fail(&ServeError::from(e)),
@@ -234,6 +235,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Raises the soft limit of open descriptors to the hard limit, as daemons that hold a socket
+/// per client do: with the usual soft limit of 1024, the 1024 sessions one partition may open
+/// would exhaust hvsockd's descriptors and starve every other partition. (systemd's default is
+/// 1024 soft, 524288 hard.)
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return; // already unlimited
+    };
+    // `None` is unlimited; Linux caps the open-file limit at fs.nr_open anyway.
+    let target = hard.unwrap_or(1 << 20);
+    if soft >= target {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: hard,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!("open-file limit raised from {soft} to {target}"),
+        Err(e) => tracing::warn!(
+            "cannot raise the open-file limit from {soft} to {target} ({e}): a partition \
+             that opens many sessions may exhaust hvsockd's descriptors; raise LimitNOFILE"
+        ),
     }
 }
 
