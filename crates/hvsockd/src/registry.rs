@@ -452,77 +452,33 @@ impl Registry {
     pub fn services(&self) -> Result<Vec<ServiceRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT id, name, enabled, policy, created_at FROM services ORDER BY name",
-            )
+            .prepare_cached(&format!("{SELECT_SERVICES} ORDER BY name"))
             .map_err(sql("listing services"))?;
         let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, bool>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            })
+            .query_map([], service_columns)
             .map_err(sql("listing services"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, enabled, policy, created_at) = row.map_err(sql("reading a service"))?;
-            out.push(ServiceRecord {
-                id: ServiceId(parse_guid("service id", &id)?),
-                name,
-                enabled,
-                policy: policy_from_column(&policy)?,
-                created_at,
-            });
-        }
-        Ok(out)
+        rows.map(|row| service_record(row.map_err(sql("reading a service"))?))
+            .collect()
     }
 
     /// One service by id.
     pub fn service(&self, id: ServiceId) -> Result<Option<ServiceRecord>> {
-        Ok(self.services()?.into_iter().find(|s| s.id == id))
+        service_by_id(&self.conn, id)
     }
 
     /// Every partition, the root first, then by name.
     pub fn partitions(&self) -> Result<Vec<PartitionRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT id, name, parent, kind, attachment, created_at FROM partitions
-                 ORDER BY kind != 'root', name",
-            )
+            .prepare_cached(&format!(
+                "{SELECT_PARTITIONS} ORDER BY kind != 'root', name"
+            ))
             .map_err(sql("listing partitions"))?;
         let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                    row.get::<_, i64>(5)?,
-                ))
-            })
+            .query_map([], partition_columns)
             .map_err(sql("listing partitions"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, parent, kind, attachment, created_at) =
-                row.map_err(sql("reading a partition"))?;
-            out.push(PartitionRecord {
-                id: VmId(parse_guid("partition id", &id)?),
-                name,
-                parent: parent
-                    .map(|p| parse_guid("partition parent", &p).map(VmId))
-                    .transpose()?,
-                kind: PartitionKind::parse(&kind)?,
-                hybrid_vsock: attachment.map(PathBuf::from),
-                created_at,
-            });
-        }
-        Ok(out)
+        rows.map(|row| partition_record(row.map_err(sql("reading a partition"))?))
+            .collect()
     }
 
     /// Registers a service. Adding the same id under the same name again changes nothing and
@@ -537,31 +493,14 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        let by_id: Option<(String, bool, String, i64)> = tx
-            .query_row(
-                "SELECT name, enabled, policy, created_at FROM services WHERE id = ?1",
-                [id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()
-            .map_err(sql("looking up a service"))?;
-        if let Some((existing, was_enabled, policy, created_at)) = by_id {
-            if existing == name {
-                return Ok((
-                    ServiceRecord {
-                        id,
-                        name: existing,
-                        enabled: was_enabled,
-                        policy: policy_from_column(&policy)?,
-                        created_at,
-                    },
-                    Added::Existing,
-                ));
+        if let Some(existing) = service_by_id(&tx, id)? {
+            if existing.name == name {
+                return Ok((existing, Added::Existing));
             }
             return Err(RegistryError::IdTaken {
                 what: "service",
                 id: id.0,
-                name: existing,
+                name: existing.name,
             });
         }
         check_name_free(&tx, Table::Services, name, None)?;
@@ -599,26 +538,11 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        let row: Option<(String, bool, String, i64)> = tx
-            .query_row(
-                "SELECT name, enabled, policy, created_at FROM services WHERE id = ?1",
-                [id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()
-            .map_err(sql("looking up a service"))?;
-        let Some((old_name, old_enabled, old_policy, created_at)) = row else {
+        let Some(mut record) = service_by_id(&tx, id)? else {
             return Err(RegistryError::NotFound {
                 what: "service",
                 key: id.to_string(),
             });
-        };
-        let mut record = ServiceRecord {
-            id,
-            name: old_name,
-            enabled: old_enabled,
-            policy: policy_from_column(&old_policy)?,
-            created_at,
         };
         if let Some(name) = name {
             check_name_free(&tx, Table::Services, name, Some(id.0))?;
@@ -704,57 +628,39 @@ impl Registry {
             .conn
             .transaction()
             .map_err(sql("starting a transaction"))?;
-        #[allow(clippy::type_complexity)] // one row's columns, read once
-        let existing: Option<(String, Option<String>, String, Option<String>, i64)> = tx
+        let existing = tx
             .query_row(
-                "SELECT name, parent, kind, attachment, created_at FROM partitions WHERE id = ?1",
+                &format!("{SELECT_PARTITIONS} WHERE id = ?1"),
                 [id.to_string()],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
+                partition_columns,
             )
             .optional()
-            .map_err(sql("looking up a partition"))?;
+            .map_err(sql("looking up a partition"))?
+            .map(partition_record)
+            .transpose()?;
+        // Compared as stored: the attachment is kept as the path's (lossy) text.
         let attachment = hybrid_vsock.map(|p| p.to_string_lossy().into_owned());
-        if let Some((old_name, old_parent, old_kind, old_attachment, created_at)) = existing {
-            let same = old_name == name
-                && old_parent.as_deref() == Some(parent.to_string().as_str())
-                && old_kind == kind.as_str()
-                && old_attachment == attachment;
+        if let Some(existing) = existing {
+            let same = existing.name == name
+                && existing.parent == Some(parent)
+                && existing.kind == kind
+                && existing
+                    .hybrid_vsock
+                    .as_deref()
+                    .map(Path::to_string_lossy)
+                    .as_deref()
+                    == attachment.as_deref();
             if same {
-                return Ok((
-                    PartitionRecord {
-                        id,
-                        name: old_name,
-                        parent: Some(parent),
-                        kind,
-                        hybrid_vsock: hybrid_vsock.map(Path::to_path_buf),
-                        created_at,
-                    },
-                    Added::Existing,
-                ));
+                return Ok((existing, Added::Existing));
             }
             return Err(RegistryError::IdTaken {
                 what: "partition",
                 id: id.0,
-                name: old_name,
+                name: existing.name,
             });
         }
         check_name_free(&tx, Table::Partitions, name, None)?;
-        let parent_exists: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM partitions WHERE id = ?1)",
-                [parent.to_string()],
-                |row| row.get(0),
-            )
-            .map_err(sql("looking up a parent partition"))?;
-        if !parent_exists {
+        if !partition_exists(&tx, parent)? {
             return Err(RegistryError::NotFound {
                 what: "parent partition",
                 key: parent.to_string(),
@@ -864,6 +770,83 @@ fn partition_exists(tx: &Transaction<'_>, id: VmId) -> Result<bool> {
         |row| row.get(0),
     )
     .map_err(sql("looking up a partition"))
+}
+
+/// Every service, as [`service_columns`] reads a row.
+const SELECT_SERVICES: &str = "SELECT id, name, enabled, policy, created_at FROM services";
+
+/// One row of [`SELECT_SERVICES`], as stored.
+type ServiceColumns = (String, String, bool, String, i64);
+
+fn service_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+/// A service row as a record; a column hvsockd could not have written is [`RegistryError::Corrupt`].
+fn service_record(
+    (id, name, enabled, policy, created_at): ServiceColumns,
+) -> Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        id: ServiceId(parse_guid("service id", &id)?),
+        name,
+        enabled,
+        policy: policy_from_column(&policy)?,
+        created_at,
+    })
+}
+
+/// The service with `id`, if there is one (`conn` may be a transaction).
+fn service_by_id(conn: &Connection, id: ServiceId) -> Result<Option<ServiceRecord>> {
+    conn.query_row(
+        &format!("{SELECT_SERVICES} WHERE id = ?1"),
+        [id.to_string()],
+        service_columns,
+    )
+    .optional()
+    .map_err(sql("looking up a service"))?
+    .map(service_record)
+    .transpose()
+}
+
+/// Every partition, as [`partition_columns`] reads a row.
+const SELECT_PARTITIONS: &str =
+    "SELECT id, name, parent, kind, attachment, created_at FROM partitions";
+
+/// One row of [`SELECT_PARTITIONS`], as stored.
+type PartitionColumns = (String, String, Option<String>, String, Option<String>, i64);
+
+fn partition_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<PartitionColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+/// A partition row as a record; a column hvsockd could not have written is
+/// [`RegistryError::Corrupt`].
+fn partition_record(
+    (id, name, parent, kind, attachment, created_at): PartitionColumns,
+) -> Result<PartitionRecord> {
+    Ok(PartitionRecord {
+        id: VmId(parse_guid("partition id", &id)?),
+        name,
+        parent: parent
+            .map(|p| parse_guid("partition parent", &p).map(VmId))
+            .transpose()?,
+        kind: PartitionKind::parse(&kind)?,
+        hybrid_vsock: attachment.map(PathBuf::from),
+        created_at,
+    })
 }
 
 /// Removes partition `id` from every service policy.
