@@ -101,14 +101,8 @@ fn load_env(cache: &Path) -> BTreeMap<String, String> {
 /// Builds the static guest CLI with the test-vm-guard, in the tests' profile, under
 /// `<target>/nested-vm`.
 fn build_guest_cli(musl: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let (profile_dir, profile) = support::test_profile();
     let target_dir = profile_dir.parent().unwrap().join("nested-vm");
-    let profile = profile_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["build", "--quiet", "-p", "hvsock-cli", "--bin", "hvsock"])
         .args(["--features", "test-vm-guard", "--target", musl])

@@ -27,40 +27,54 @@ pub struct Bins {
     pub hvsock: PathBuf,
 }
 
+/// The tests' own build: `target/<profile>` (the parent of the test executable's `deps/`) and
+/// the profile's name.
+pub fn test_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    (profile_dir, profile)
+}
+
+/// Runs `cargo build --quiet ARGS` at the repository root with the same cargo, profile and
+/// target directory as the tests (a no-op when everything is fresh) and returns
+/// `target/<profile>`; panics naming `what` if the build fails.
+fn cargo_build(args: &[&str], what: &str) -> PathBuf {
+    let (profile_dir, profile) = test_profile();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap())
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {what}: {e}"));
+    assert!(status.success(), "cargo build of {what} failed");
+    profile_dir
+}
+
 /// Builds the binaries (once per process) and returns their paths.
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        // The test executable is target/<profile>/deps/<name>: the binaries go in
-        // target/<profile>/.
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "hvsockd",
-            "-p",
-            "hvsock-cli",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile == "release" {
-            cmd.arg("--release");
-        } else if profile != "debug" {
-            cmd.args(["--profile", &profile]);
-        }
-        let status = cmd.status().expect("running cargo build for the binaries");
-        assert!(status.success(), "cargo build of hvsockd and hvsock failed");
+        let profile_dir = cargo_build(
+            &["--bins", "-p", "hvsockd", "-p", "hvsock-cli"],
+            "hvsockd and hvsock",
+        );
         Bins {
             hvsockd: profile_dir.join("hvsockd"),
             hvsock: profile_dir.join("hvsock"),
@@ -74,27 +88,7 @@ pub fn bins() -> &'static Bins {
 pub fn examples_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--examples", "-p", "hvsock-e2e"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile == "release" {
-            cmd.arg("--release");
-        } else if profile != "debug" {
-            cmd.args(["--profile", &profile]);
-        }
-        let status = cmd.status().expect("running cargo build for the examples");
-        assert!(status.success(), "cargo build --examples failed");
-        profile_dir.join("examples")
+        cargo_build(&["--examples", "-p", "hvsock-e2e"], "the examples").join("examples")
     })
 }
 
