@@ -129,18 +129,12 @@ impl Proc {
     /// Waits for it to exit (panics after `timeout`; the guard then kills it), and for its
     /// output to be read to the end.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let Some(status) = support::wait_exit(&mut self.child, timeout) else {
+            panic!(
                 "{} did not exit within {timeout:?}; stderr:\n{}",
                 self.what,
                 self.stderr()
             );
-            thread::sleep(Duration::from_millis(5));
         };
         for reader in self.readers.drain(..) {
             reader.join().unwrap();

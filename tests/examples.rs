@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hvsock::{HvStream, ServiceId, SockAddrHv, VmId};
 use support::{Daemon, example, wait_for};
@@ -33,14 +33,8 @@ impl Proc {
 
     /// Waits for the exit, at most [`LIMIT`].
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        support::wait_exit(&mut self.child, LIMIT)
+            .unwrap_or_else(|| panic!("{} did not exit", self.name))
     }
 }
 

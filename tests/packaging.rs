@@ -72,17 +72,10 @@ fn run(mut cmd: Command) -> Output {
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let deadline = Instant::now() + QUICK;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {QUICK:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = support::wait_exit(&mut child, QUICK) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {QUICK:?}");
     };
     Output {
         status,
@@ -253,18 +246,12 @@ impl Spawned {
     /// Waits for it to exit by itself; its exit code.
     fn wait(&mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + QUICK;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("hvsockd did not exit:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let Some(status) = support::wait_exit(&mut child, QUICK) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hvsockd did not exit:\n{}", self.log());
+        };
+        status.code()
     }
 
     /// SIGTERM, then its exit code.
@@ -492,17 +479,10 @@ fn socket_group_owns_host_sock_and_admin_sock_stays_private() {
     member.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut child = member.spawn().unwrap();
     child.stdin.take().unwrap().write_all(b"member").unwrap();
-    let deadline = Instant::now() + QUICK;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the member's connect did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = support::wait_exit(&mut child, QUICK) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the member's connect did not finish");
     };
     assert!(status.success(), "the member's connect failed");
     assert_eq!(server.join().unwrap(), "member");

@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,21 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit and returns its status, or `None` if it still runs
+/// (the caller decides whether to kill it or fail).
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -226,17 +241,13 @@ impl Daemon {
         };
         let pid = rustix::process::Pid::from_child(&child);
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
+        match wait_exit(&mut child, Duration::from_secs(10)) {
+            Some(status) => status.success(),
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return false;
+                false
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
