@@ -888,10 +888,7 @@ fn guest_connect(ctx: &Arc<Ctx>, vm: VmId, port: u32, sock: OwnedFd) {
             ctx.metrics
                 .established(vm, routed.service_key, started.elapsed());
         }
-        Offer::Refused(why) => refuse(
-            routed.service_key,
-            Refused::new(ErrorCode::Refused, "listener_closed", why),
-        ),
+        Offer::Refused(why) => refuse(routed.service_key, Refused::listener_closed(why)),
         Offer::Waiting(answer) => {
             waiting.fetch_add(1, Ordering::AcqRel);
             let ctx = ctx.clone();

@@ -320,7 +320,7 @@ async fn connect(
             finish(ctx, sock, req, client, &routed, started, Ok(end)).await;
         }
         Offer::Refused(why) => {
-            let refused = Refused::new(ErrorCode::Refused, "listener_closed", why);
+            let refused = Refused::listener_closed(why);
             finish(ctx, sock, req, client, &routed, started, Err(refused)).await;
         }
         Offer::Waiting(answer) => {
@@ -331,11 +331,7 @@ async fn connect(
             tokio::spawn(async move {
                 let result = match tokio::time::timeout(timeout, answer).await {
                     Ok(Ok(outcome)) => outcome_result(outcome),
-                    Ok(Err(_)) => Err(Refused::new(
-                        ErrorCode::Refused,
-                        "listener_closed",
-                        "the listener closed",
-                    )),
+                    Ok(Err(_)) => Err(Refused::listener_closed("the listener closed")),
                     Err(_) => Err(Refused::new(
                         ErrorCode::TimedOut,
                         "timed_out",
@@ -400,7 +396,7 @@ async fn into_guest(
 }
 
 fn outcome_result(outcome: Outcome) -> Result<Option<OwnedFd>, Refused> {
-    outcome.map_err(|why| Refused::new(ErrorCode::Refused, "listener_closed", why))
+    outcome.map_err(Refused::listener_closed)
 }
 
 /// Answers a connect and counts it.

@@ -39,6 +39,12 @@ impl Refused {
             reason,
         }
     }
+
+    /// The listener a connect was offered to closed (or its session failed) before it took
+    /// the connection: `why` says which.
+    pub fn listener_closed(why: impl Into<String>) -> Refused {
+        Refused::new(ErrorCode::Refused, "listener_closed", why)
+    }
 }
 
 /// Where a routed connect goes.
