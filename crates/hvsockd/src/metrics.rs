@@ -60,8 +60,9 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 struct Inner {
-    established: HashMap<(VmId, ServiceKey), u64>,
     refused: HashMap<(VmId, ServiceKey, &'static str), u64>,
+    /// Every connection established is observed here, so a histogram's `count` is also the
+    /// number of connections established.
     latency: HashMap<(VmId, ServiceKey), Histogram>,
     binds_refused: HashMap<(VmId, ServiceKey, &'static str), u64>,
     client_errors: HashMap<(VmId, &'static str), u64>,
@@ -138,9 +139,7 @@ impl Metrics {
 
     /// A connection from `from` to `service` was established after `latency`.
     pub fn established(&self, from: VmId, service: ServiceKey, latency: Duration) {
-        let mut inner = self.lock();
-        *inner.established.entry((from, service)).or_default() += 1;
-        inner
+        self.lock()
             .latency
             .entry((from, service))
             .or_default()
@@ -178,8 +177,8 @@ impl Metrics {
     pub fn stats(&self, world: &World) -> Stats {
         let inner = self.lock();
         let mut out: BTreeMap<(String, String), ConnectStats> = BTreeMap::new();
-        for (&(from, service), &n) in &inner.established {
-            stats_row(&mut out, world, from, service).established += n;
+        for (&(from, service), h) in &inner.latency {
+            stats_row(&mut out, world, from, service).established += h.count;
         }
         for (&(from, service, reason), &n) in &inner.refused {
             *stats_row(&mut out, world, from, service)
@@ -263,14 +262,14 @@ impl Metrics {
             &mut out,
             "hvsock_connections_total",
             "Connections established, by service and connecting partition.",
-            &inner.established,
+            inner.latency.iter().map(|(key, h)| (key, h.count)),
             |&(from, service)| format!("{},partition=\"{}\"", svc_labels(service), partition(from)),
         );
         counter(
             &mut out,
             "hvsock_connections_refused_total",
             "Connects refused, by service, connecting partition and reason.",
-            &inner.refused,
+            counts(&inner.refused),
             |&(from, service, reason)| {
                 format!(
                     "{},partition=\"{}\",reason=\"{reason}\"",
@@ -336,7 +335,7 @@ impl Metrics {
             &mut out,
             "hvsock_binds_refused_total",
             "Binds refused, by service, binding partition and reason.",
-            &inner.binds_refused,
+            counts(&inner.binds_refused),
             |&(in_partition, service, reason)| {
                 format!(
                     "{},partition=\"{}\",reason=\"{reason}\"",
@@ -349,7 +348,7 @@ impl Metrics {
             &mut out,
             "hvsock_client_errors_total",
             "Clients dropped for breaking the protocol, by partition and reason.",
-            &inner.client_errors,
+            counts(&inner.client_errors),
             |&(in_partition, reason)| {
                 format!(
                     "partition=\"{}\",reason=\"{reason}\"",
@@ -384,20 +383,25 @@ impl Metrics {
 }
 
 /// Writes a counter family: its header, then one sorted line per entry, labelled by `labels`.
-fn counter<K>(
+/// Writes counter family `name`: one line per entry, labelled by `labels`, in a stable order.
+fn counter<'a, K: 'a>(
     out: &mut String,
     name: &str,
     help: &str,
-    entries: &HashMap<K, u64>,
+    entries: impl Iterator<Item = (&'a K, u64)>,
     labels: impl Fn(&K) -> String,
 ) {
     header(out, name, "counter", help);
     let mut lines: Vec<String> = entries
-        .iter()
         .map(|(key, n)| format!("{name}{{{}}} {n}\n", labels(key)))
         .collect();
     lines.sort();
     out.extend(lines);
+}
+
+/// The entries of a counter map, as [`counter`] takes them.
+fn counts<K>(map: &HashMap<K, u64>) -> impl Iterator<Item = (&K, u64)> {
+    map.iter().map(|(key, &n)| (key, n))
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
