@@ -63,7 +63,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -809,7 +809,8 @@ async fn serve_port(
                 }
                 return;
             }
-            accepted = accept(&listener) => accepted,
+            // Blocking mode: the listener's client uses the socket as it is.
+            accepted = crate::endpoint::accept(&listener, SocketFlags::empty()) => accepted,
         };
         match accepted {
             Ok(sock) => guest_connect(&ctx, vm, port, sock),
@@ -821,25 +822,17 @@ async fn serve_port(
     }
 }
 
-/// Accepts one connection, blocking-mode (the listener will use it as it is).
-async fn accept(listener: &AsyncFd<OwnedFd>) -> io::Result<OwnedFd> {
-    loop {
-        let mut guard = listener.readable().await?;
-        match rustix::net::accept_with(guard.get_inner().as_fd(), SocketFlags::CLOEXEC) {
-            Ok(fd) => return Ok(fd),
-            Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// A guest's connection accepted on `PATH_<port>`: a connect from `vm` to `(PARENT, port)`.
 fn guest_connect(ctx: &Arc<Ctx>, vm: VmId, port: u32, sock: OwnedFd) {
     let started = Instant::now();
     let service = ServiceId::from_vsock_port(port);
     let target = SockAddrHv::new(VmId::PARENT, service);
-    let routed = ctx.world().route(vm, target);
+    let routed = {
+        let world = ctx.world();
+        world
+            .route(vm, target)
+            .map_err(|refused| (world.service_key(service), refused))
+    };
     let refuse = |key: Option<ServiceId>, refused: Refused| {
         ctx.metrics.refused(vm, key, refused.reason);
         tracing::debug!(from = %ctx.label(vm), port, "guest connection refused: {}", refused.message);
@@ -847,8 +840,7 @@ fn guest_connect(ctx: &Arc<Ctx>, vm: VmId, port: u32, sock: OwnedFd) {
     };
     let routed = match routed {
         Ok(routed) => routed,
-        Err(refused) => {
-            let key = ctx.world().service_key(service);
+        Err((key, refused)) => {
             refuse(key, refused);
             return;
         }

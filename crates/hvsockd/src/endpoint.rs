@@ -232,7 +232,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
-            accepted = accept(&listener) => accepted,
+            accepted = accept(&listener, SocketFlags::NONBLOCK) => accepted,
         };
         match accepted {
             Ok(fd) => {
@@ -261,13 +261,12 @@ async fn accept_loop(
     }
 }
 
-async fn accept(listener: &AsyncFd<OwnedFd>) -> io::Result<OwnedFd> {
+/// Accepts one connection on `listener`, close-on-exec and with `flags`, riding out
+/// interruptions and connections aborted before they were taken.
+pub(crate) async fn accept(listener: &AsyncFd<OwnedFd>, flags: SocketFlags) -> io::Result<OwnedFd> {
     loop {
         let mut guard = listener.readable().await?;
-        match rustix::net::accept_with(
-            guard.get_inner(),
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        ) {
+        match rustix::net::accept_with(guard.get_inner(), SocketFlags::CLOEXEC | flags) {
             Ok(fd) => return Ok(fd),
             Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
             Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,

@@ -279,15 +279,22 @@ async fn connect(
     let started = Instant::now();
     let target = SockAddrHv::from(target);
     if timeout_ms == 0 || timeout_ms > hvsock::addr::HVSOCKET_CONNECT_TIMEOUT_MAX {
-        let message = format!("connect timeout {timeout_ms} ms is out of range (1 to 300000)");
+        let message = format!(
+            "connect timeout {timeout_ms} ms is out of range (1 to {})",
+            hvsock::addr::HVSOCKET_CONNECT_TIMEOUT_MAX
+        );
         reply_error(sock, req, ErrorCode::InvalidInput, &message).await;
         return;
     }
-    let routed = ctx.world().route(client.partition, target);
+    let routed = {
+        let world = ctx.world();
+        world
+            .route(client.partition, target)
+            .map_err(|refused| (world.service_key(target.service_id), refused))
+    };
     let routed = match routed {
         Ok(routed) => routed,
-        Err(refused) => {
-            let key = ctx.world().service_key(target.service_id);
+        Err((key, refused)) => {
             ctx.metrics.refused(client.partition, key, refused.reason);
             tracing::debug!(from = %ctx.label(client.partition), ?target, "refused: {}", refused.message);
             reply_error(sock, req, refused.code, &refused.message).await;
