@@ -39,22 +39,10 @@ pub(crate) fn connect(
     match transport {
         #[cfg(unix)]
         Transport::Provider(endpoint) => {
-            let est = unix::provider::connect(endpoint, addr, timeout)?;
-            Ok(HvStream {
-                inner: Socket::from_fd(est.fd),
-                local: est.local,
-                peer: est.peer,
-            })
+            unix::provider::connect(endpoint, addr, timeout).map(HvStream::from)
         }
         #[cfg(target_os = "linux")]
-        Transport::Vsock => {
-            let est = unix::vsock::connect(addr, timeout)?;
-            Ok(HvStream {
-                inner: Socket::from_fd(est.fd),
-                local: est.local,
-                peer: est.peer,
-            })
-        }
+        Transport::Vsock => unix::vsock::connect(addr, timeout).map(HvStream::from),
         #[cfg(windows)]
         Transport::HyperV => windows::connect(addr, timeout),
         other => Err(other.unsupported()),
@@ -99,23 +87,9 @@ impl Listener {
     pub(crate) fn accept(&self) -> io::Result<HvStream> {
         match self {
             #[cfg(unix)]
-            Listener::Provider(l) => {
-                let est = l.accept()?;
-                Ok(HvStream {
-                    inner: Socket::from_fd(est.fd),
-                    local: est.local,
-                    peer: est.peer,
-                })
-            }
+            Listener::Provider(l) => l.accept().map(HvStream::from),
             #[cfg(target_os = "linux")]
-            Listener::Vsock(l) => {
-                let est = l.accept()?;
-                Ok(HvStream {
-                    inner: Socket::from_fd(est.fd),
-                    local: est.local,
-                    peer: est.peer,
-                })
-            }
+            Listener::Vsock(l) => l.accept().map(HvStream::from),
             #[cfg(windows)]
             Listener::HyperV(l) => l.accept(),
         }

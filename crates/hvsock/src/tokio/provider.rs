@@ -18,8 +18,9 @@ use hvsock_proto::Frame;
 use hvsock_proto::unix::{Received, connect_endpoint, recv_frame, send_frame};
 
 use crate::addr::SockAddrHv;
+use crate::sys::unix::Established;
 use crate::sys::unix::provider::{
-    self as shared, Answer, BIND_TIMEOUT, Established, GRACE, endpoint_error, session_lost,
+    self as shared, Answer, BIND_TIMEOUT, GRACE, endpoint_error, session_lost,
 };
 
 /// Most idle control connections kept per endpoint.

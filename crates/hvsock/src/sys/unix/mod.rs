@@ -11,6 +11,26 @@ use std::time::Duration;
 
 use rustix::net::{RecvFlags, SendFlags, Shutdown, sockopt};
 
+use crate::addr::SockAddrHv;
+use crate::stream::HvStream;
+
+/// What a Unix transport's `connect` and `accept` give: the data socket and both addresses.
+pub(crate) struct Established {
+    pub(crate) fd: OwnedFd,
+    pub(crate) local: SockAddrHv,
+    pub(crate) peer: SockAddrHv,
+}
+
+impl From<Established> for HvStream {
+    fn from(est: Established) -> HvStream {
+        HvStream {
+            inner: Socket::from_fd(est.fd),
+            local: est.local,
+            peer: est.peer,
+        }
+    }
+}
+
 /// A connected stream socket: a Unix socket handed over by hvsockd, or a vsock socket.
 #[derive(Debug)]
 pub(crate) struct Socket(OwnedFd);
@@ -21,13 +41,7 @@ impl Socket {
     }
 
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match rustix::net::recv(&self.0, &mut *buf, RecvFlags::empty()) {
-                Ok((n, _)) => return Ok(n),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_eintr(|| rustix::net::recv(&self.0, &mut *buf, RecvFlags::empty())).map(|(n, _)| n)
     }
 
     pub(crate) fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -36,24 +50,12 @@ impl Socket {
 
     /// `send` with `MSG_NOSIGNAL`: writing to a closed peer is `EPIPE`, never `SIGPIPE`.
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match rustix::net::send(&self.0, buf, SendFlags::NOSIGNAL) {
-                Ok(n) => return Ok(n),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_eintr(|| rustix::net::send(&self.0, buf, SendFlags::NOSIGNAL))
     }
 
     pub(crate) fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let mut control = rustix::net::SendAncillaryBuffer::default();
-        loop {
-            match rustix::net::sendmsg(&self.0, bufs, &mut control, SendFlags::NOSIGNAL) {
-                Ok(n) => return Ok(n),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_eintr(|| rustix::net::sendmsg(&self.0, bufs, &mut control, SendFlags::NOSIGNAL))
     }
 
     pub(crate) fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
@@ -136,11 +138,15 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
         tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
         tv_nsec: t.subsec_nanos().into(),
     });
+    retry_eintr(|| rustix::event::poll(&mut fds, ts.as_ref())).map(|n| n > 0)
+}
+
+/// Runs the system call `f` again for as long as a signal interrupts it (`EINTR`).
+fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
     loop {
-        match rustix::event::poll(&mut fds, ts.as_ref()) {
-            Ok(n) => return Ok(n > 0),
+        match f() {
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            other => return Ok(other?),
         }
     }
 }

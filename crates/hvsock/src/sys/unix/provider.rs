@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use hvsock_proto::unix::{Received, RecvError, connect_endpoint, recv_frame, send_frame};
 use hvsock_proto::{ErrorCode, Frame};
 
+use super::Established;
 use crate::addr::SockAddrHv;
 
 /// How long past its own timeout a connector waits for hvsockd's answer before giving up on
@@ -77,13 +78,6 @@ pub(crate) fn session_lost(e: RecvError) -> io::Error {
             format!("hvsockd sent something this library does not understand: {other}"),
         ),
     }
-}
-
-/// What `connect` and `accept` return: the data socket and both addresses.
-pub(crate) struct Established {
-    pub(crate) fd: OwnedFd,
-    pub(crate) local: SockAddrHv,
-    pub(crate) peer: SockAddrHv,
 }
 
 /// One control connection, shared by every thread of the process that connects through it.
@@ -385,19 +379,17 @@ impl Listener {
 
     /// Takes the next connection. Blocks unless the session socket is non-blocking.
     pub(crate) fn accept(&self) -> io::Result<Established> {
-        let received = loop {
-            match recv_frame(&self.sock, false) {
-                Ok(received) => break received,
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-                Err(e) if e.is_disconnect() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "hvsockd closed this listener (it stopped, restarted, or the partition was removed): bind again",
-                    ));
-                }
-                Err(e) => return Err(session_lost(e)),
+        // `recv_frame` rides out EINTR itself.
+        let received = match recv_frame(&self.sock, false) {
+            Ok(received) => received,
+            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) if e.is_disconnect() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "hvsockd closed this listener (it stopped, restarted, or the partition was removed): bind again",
+                ));
             }
+            Err(e) => return Err(session_lost(e)),
         };
         let established = established(received)?;
         self.ack();
@@ -406,16 +398,12 @@ impl Listener {
 
     /// Tells hvsockd that one more connection was taken, with any that could not be told before.
     pub(crate) fn ack(&self) {
-        let count = self.unacked.swap(0, Ordering::AcqRel) + 1;
-        if send_frame(&self.sock, &Frame::Ack { count }, None, true).is_err() {
-            // The socket buffer is full or the session is gone: tell hvsockd with the next ack.
-            self.unacked.fetch_add(count, Ordering::AcqRel);
-        }
+        self.unacked.fetch_add(1, Ordering::AcqRel);
+        self.flush_acks();
     }
 
-    /// Sends the acknowledgements that could not be sent before, if any, without waiting;
-    /// those that still would block stay for the next `ack`.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+    /// Sends the acknowledgements not sent yet, if any, without waiting; those that still
+    /// would block (the socket buffer is full, or the session is gone) stay for the next `ack`.
     pub(crate) fn flush_acks(&self) {
         let count = self.unacked.swap(0, Ordering::AcqRel);
         if count > 0 && send_frame(&self.sock, &Frame::Ack { count }, None, true).is_err() {

@@ -45,11 +45,12 @@
 //! Product builds have no such check.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket as Sock2, Type};
 
+use super::Established;
 use crate::addr::SockAddrHv;
 use crate::guid::{Guid, ServiceId, VmId};
 
@@ -243,13 +244,6 @@ fn cid_port(addr: &SockAddr, what: &str) -> io::Result<(u32, u32)> {
             format!("the kernel gave a non-vsock {what} address"),
         )
     })
-}
-
-/// A connected vsock stream, and its addresses.
-pub(crate) struct Established {
-    pub(crate) fd: OwnedFd,
-    pub(crate) local: SockAddrHv,
-    pub(crate) peer: SockAddrHv,
 }
 
 fn connect_error(e: io::Error, cid: u32, port: u32, timeout: Duration) -> io::Error {
