@@ -534,7 +534,7 @@ pub fn wanted(world: &World) -> BTreeMap<(VmId, u32), PathBuf> {
         .collect();
     let state = |service: ServiceId| world.service_state(service);
     for (vm, path) in vms {
-        let policy = |service: ServiceId| world.effective_policy(service);
+        let policy = |service: ServiceId| world.effective_policy(service).clone();
         for port in wanted_ports_with_policy(world.topology(), vm, &bound, state, policy) {
             out.insert((vm, port), path.clone());
         }

@@ -183,13 +183,16 @@ fn yes() -> bool {
     true
 }
 
+/// The policy that allows everything: [`Policy::default`], as a value to borrow.
+pub static ALLOW_ALL: Policy = Policy {
+    connect: None,
+    bind: None,
+    wildcard_bind: true,
+};
+
 impl Default for Policy {
     fn default() -> Policy {
-        Policy {
-            connect: None,
-            bind: None,
-            wildcard_bind: true,
-        }
+        ALLOW_ALL.clone()
     }
 }
 

@@ -153,13 +153,10 @@ impl World {
 
     /// The policy that applies to a service: its own, else the default; the default policy
     /// that allows everything for unregistered services (only loopback reaches them).
-    pub fn effective_policy(&self, id: ServiceId) -> Policy {
+    pub fn effective_policy(&self, id: ServiceId) -> &Policy {
         match self.services.get(&id) {
-            Some(s) => s
-                .policy
-                .clone()
-                .unwrap_or_else(|| self.default_policy.clone()),
-            None => Policy::default(),
+            Some(s) => s.policy.as_ref().unwrap_or(&self.default_policy),
+            None => &router::ALLOW_ALL,
         }
     }
 
@@ -322,7 +319,7 @@ impl World {
         // The router takes a slice; keep the patterns alive across the call.
         let mut patterns: Option<Vec<VmId>> = None;
         let decision =
-            router::decide_with_policy(&self.topo, from, target, state, &policy, |dest| {
+            router::decide_with_policy(&self.topo, from, target, state, policy, |dest| {
                 patterns = bound(dest);
                 patterns.as_deref()
             });
@@ -407,7 +404,7 @@ impl World {
                     .get(&service)
                     .map(|s| s.name.clone())
                     .unwrap_or_else(|| service.to_string());
-                let rule_text = self.policy_rule_text(&policy, rule);
+                let rule_text = self.policy_rule_text(policy, rule);
                 let (reason, message) = match rule {
                     PolicyRule::Connect => (
                         "policy_connect",
@@ -483,8 +480,8 @@ impl World {
         })?;
         if let Some(record) = self.services.get(&addr.service_id) {
             let policy = self.effective_policy(addr.service_id);
-            if let Err(rule) = router::check_bind_policy(&policy, partition, addr.vm_id) {
-                let rule_text = self.policy_rule_text(&policy, rule);
+            if let Err(rule) = router::check_bind_policy(policy, partition, addr.vm_id) {
+                let rule_text = self.policy_rule_text(policy, rule);
                 let (reason, message) = match rule {
                     PolicyRule::WildcardBind => (
                         "policy_wildcard_bind",
