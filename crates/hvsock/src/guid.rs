@@ -280,12 +280,7 @@ impl VmId {
 impl ServiceId {
     /// `00000000-facb-11e6-bd58-64006a7986d3`: the vsock template. A service GUID equal to it
     /// in every field but `Data1` stands for the vsock port `Data1`.
-    pub const VSOCK_TEMPLATE: ServiceId = ServiceId(Guid::from_fields(
-        0x0000_0000,
-        0xfacb,
-        0x11e6,
-        [0xbd, 0x58, 0x64, 0x00, 0x6a, 0x79, 0x86, 0xd3],
-    ));
+    pub const VSOCK_TEMPLATE: ServiceId = ServiceId::from_vsock_port(0);
 
     /// The template service GUID of a vsock port: `00000ac9-facb-11e6-bd58-64006a7986d3` for 2761.
     pub const fn from_vsock_port(port: u32) -> ServiceId {
