@@ -223,8 +223,6 @@ pub struct Declared {
 /// A loaded configuration file.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    /// The file.
-    pub path: PathBuf,
     /// Its directories, if it names any.
     pub dirs: Option<Dirs>,
     /// Its log format, if given.
@@ -341,7 +339,6 @@ impl Loaded {
             }
         }
         Ok(Loaded {
-            path: path.to_owned(),
             dirs,
             log_format: file.log_format,
             limits,
