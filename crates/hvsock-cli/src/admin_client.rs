@@ -371,7 +371,7 @@ impl AdminClient {
     }
 
     fn typed<T: DeserializeOwned>(&self, what: &str, json: Value) -> Result<Reply<T>, AdminError> {
-        let value = serde_json::from_value(json.clone()).map_err(|e| AdminError::BadReply {
+        let value = T::deserialize(&json).map_err(|e| AdminError::BadReply {
             what: what.to_owned(),
             detail: e.to_string(),
         })?;

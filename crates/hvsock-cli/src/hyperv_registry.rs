@@ -30,7 +30,7 @@
 
 use std::io::{self, Write};
 
-use hvsock::ServiceId;
+use hvsock::{ServiceId, ServiceSpec};
 use serde_json::{Value, json};
 
 use crate::cli::ServiceCommand;
@@ -218,12 +218,7 @@ pub fn find<'a>(entries: &'a [Entry], key: &str) -> Result<&'a Entry, RegistryEr
     let not_found = || RegistryError::NotFound {
         key: key.to_owned(),
     };
-    let id = if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
-        key.parse::<u32>().ok().map(ServiceId::from_vsock_port)
-    } else {
-        ServiceId::parse(key).ok()
-    };
-    if let Some(id) = id {
+    if let Some(id) = ServiceSpec::parse(key).ok().and_then(|spec| spec.id()) {
         return entries.iter().find(|e| e.id == id).ok_or_else(not_found);
     }
     let named: Vec<&Entry> = entries

@@ -129,17 +129,13 @@ fn serve_one(stream: HvStream, peer: SockAddrHv, verbose: bool, permit: Permit) 
     match result {
         Ok(bytes) if verbose => tell(format_args!("{peer} sent {bytes} bytes and closed")),
         Ok(_) => {}
-        Err(e) => {
-            let e = CliError::from(e);
-            if e.is_stdout_closed() {
-                // Nobody reads what is received any more: there is nothing left to do.
-                std::process::exit(0);
-            }
-            if matches!(&e, CliError::Copy(copy::CopyError::Stdout(_))) {
-                crate::exit_with(&e);
-            }
-            tell(format_args!("connection from {peer}: {e}"));
-        }
+        // Stdout failed: no connection can be served any more. `exit_with` ends with 0 when
+        // stdout was closed (nobody reads what is received), else with the error.
+        Err(e @ copy::CopyError::Stdout(_)) => crate::exit_with(&e.into()),
+        Err(e) => tell(format_args!(
+            "connection from {peer}: {}",
+            CliError::from(e)
+        )),
     }
 }
 

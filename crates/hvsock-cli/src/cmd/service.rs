@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use hvsock::ServiceId;
+use hvsock::{ServiceId, ServiceSpec};
 use serde_json::{Value, json};
 
 use super::{CliError, Doing, admin};
@@ -74,10 +74,8 @@ fn write_policy(fields: &mut Fields, p: &Policy) {
 /// service name is all digits).
 pub fn service_key(key: &str) -> String {
     let key = key.trim();
-    match key.parse::<u32>() {
-        Ok(port) if key.bytes().all(|b| b.is_ascii_digit()) => {
-            ServiceId::from_vsock_port(port).to_string()
-        }
+    match ServiceSpec::parse(key) {
+        Ok(ServiceSpec::Port(port)) => ServiceId::from_vsock_port(port).to_string(),
         _ => key.to_owned(),
     }
 }
