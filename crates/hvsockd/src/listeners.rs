@@ -11,18 +11,38 @@
 //! yet acknowledged; `stalled` is set when the session socket's buffer was full (the client
 //! reads slower than frames arrive) and cleared by the next `Ack`; `closed` once the session
 //! ended, after which every offer is refused.
+//!
+//! Where the connections go is the listener's [`Sink`]: a client session's socket
+//! ([`crate::session`]), or anything else that takes a descriptor without waiting (a service
+//! served inside hvsockd would hand it to its own task). The backlog does not know which.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hvsock::{SockAddrHv, VmId};
-use hvsock_proto::unix::{send_frame, stream_pair};
-use hvsock_proto::{Frame, WireAddr};
-use tokio::io::unix::AsyncFd;
+use hvsock_proto::WireAddr;
+use hvsock_proto::unix::stream_pair;
 use tokio::sync::oneshot;
+
+/// Where a listener's connections go.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Hands over `fd`, the listener's end of a connection from `peer` reaching it as
+    /// `local`, without waiting.
+    fn deliver(&self, local: WireAddr, peer: WireAddr, fd: OwnedFd) -> Result<(), Undeliverable>;
+}
+
+/// Why a [`Sink`] took nothing.
+#[derive(Debug)]
+pub enum Undeliverable {
+    /// It is full for now (the client reads slower than connections come): `fd` comes back,
+    /// to try again after the next `Ack`.
+    Full(OwnedFd),
+    /// It is gone (the session ended or failed).
+    Gone(io::Error),
+}
 
 /// How many connectors may wait for one listener's backlog beyond the backlog itself.
 pub const MAX_WAITING: usize = 1024;
@@ -83,7 +103,7 @@ pub struct Listener {
     pub backlog: u32,
     /// The client's pid, if the kernel told.
     pub pid: Option<u32>,
-    sock: Arc<AsyncFd<OwnedFd>>,
+    sink: Arc<dyn Sink>,
     queue: Mutex<Queue>,
     accepted: AtomicU64,
 }
@@ -97,14 +117,14 @@ enum Undelivered {
 }
 
 impl Listener {
-    /// A listener on the session socket `sock`.
+    /// A listener whose connections go to `sink`.
     pub fn new(
         id: u64,
         partition: VmId,
         addr: SockAddrHv,
         backlog: u32,
         pid: Option<u32>,
-        sock: Arc<AsyncFd<OwnedFd>>,
+        sink: Arc<dyn Sink>,
     ) -> Listener {
         Listener {
             id,
@@ -112,7 +132,7 @@ impl Listener {
             addr,
             backlog,
             pid,
-            sock,
+            sink,
             queue: Mutex::new(Queue::default()),
             accepted: AtomicU64::new(0),
         }
@@ -235,17 +255,19 @@ impl Listener {
             },
             Conn::Fd(fd) => (fd, None),
         };
-        let frame = Frame::Incoming { local, peer };
-        match send_frame(self.sock.get_ref(), &frame, Some(give.as_fd()), true) {
+        match self.sink.deliver(local, peer, give) {
             Ok(()) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 Ok(keep)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Undelivered::Full(match keep {
+            Err(Undeliverable::Full(give)) => Err(Undelivered::Full(match keep {
                 Some(_) => Conn::Pair,
                 None => Conn::Fd(give),
             })),
-            Err(e) => Err(Undelivered::Gone(e)),
+            Err(Undeliverable::Gone(e)) => Err(Undelivered::Gone(e)),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! `hvsockd`: the provider, in the foreground, logging to stderr.
+//! `hvsockd`: the provider, in the foreground, logging to stderr. This file only reads the
+//! command line; [`hvsockd::daemon::main`] does the rest.
 //!
 //! `hvsockd --check [--config FILE]` reads the configuration, says what a start would apply to
 //! the registry, and exits 0 (usable) or 1 (not), without starting or writing anything.
@@ -9,10 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use hvsock::dirs::Dirs;
-use hvsockd::activation::{self, ListenFds, Notifier};
-use hvsockd::config::{self, Loaded};
-use hvsockd::{Config, ServeError, Server};
+use hvsockd::config::{LogFormat, Overrides};
+use hvsockd::daemon::{self, Action};
+use hvsockd::sys::activation;
 
 /// The hvsock provider: routes Hyper-V socket connections between the host, its sandboxes
 /// and its VMs.
@@ -68,21 +68,6 @@ fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-impl From<config::LogFormat> for LogFormat {
-    fn from(f: config::LogFormat) -> LogFormat {
-        match f {
-            config::LogFormat::Text => LogFormat::Text,
-            config::LogFormat::Json => LogFormat::Json,
-        }
-    }
-}
-
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -93,203 +78,23 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        // The journal stamps every line itself.
-        LogFormat::Text if stderr_is_journal() => builder.without_time().init(),
-        LogFormat::Text => builder.init(),
-        // One object per line, the message at the top level next to the level and target.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-/// Whether stderr is the systemd journal: `JOURNAL_STREAM` is its `device:inode`.
-fn stderr_is_journal() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
-        return false;
-    };
-    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
-}
-
-/// Installs the SIGINT and SIGTERM handlers at once, so that a signal that comes as soon as
-/// hvsockd is ready (a service manager may send it right after READY=1) stops it cleanly
-/// rather than killing it; the future resolves on the first of them.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handlers = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
-    async move {
-        let (Ok(mut int), Ok(mut term)) = handlers else {
-            tracing::error!("cannot install signal handlers; stop hvsockd with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-        }
-    }
-}
-
-/// The configuration from the file and the flags, flags first.
-fn configure(args: &Args) -> Result<(Config, LogFormat), String> {
-    let loaded = match &args.config {
-        Some(path) => Some(Loaded::read(path).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let dirs = match (&args.dir, loaded.as_ref().and_then(|l| l.dirs.clone())) {
-        (Some(dir), _) => Dirs::under(dir),
-        (None, Some(dirs)) => dirs,
-        (None, None) => Dirs::resolve(None).map_err(|e| e.to_string())?,
-    };
-    let mut config = Config::new(dirs);
-    let mut log_format = LogFormat::Text;
-    if let Some(loaded) = loaded {
-        config.limits = loaded.limits;
-        config.declared = loaded.declared;
-        if let Some(f) = loaded.log_format {
-            log_format = f.into();
-        }
-    }
-    if let Some(t) = args.handshake_timeout {
-        config.limits.handshake_timeout = t;
-    }
-    if let Some(f) = args.log_format {
-        log_format = f;
-    }
-    config.admin_tcp = args.admin_tcp;
-    config.socket_group = args.socket_group.clone();
-    Ok((config, log_format))
-}
-
 fn main() -> ExitCode {
     // SAFETY: first thing in main: one thread, and nothing owns descriptors 3 and up yet.
     let listen_fds = unsafe { activation::take_listen_fds() };
     let args = Args::parse();
-    if let Some(shell) = args.completions {
-        return print(|out| hvsockd::manual::write_completions(shell, Args::command(), out));
-    }
-    if args.man {
-        return print(|out| hvsockd::manual::write_man(Args::command(), out));
-    }
-    let (config, log_format) = match configure(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hvsockd: {e}");
-            return ExitCode::FAILURE;
-        }
+    let action = match (args.completions, args.man, args.check) {
+        (Some(shell), _, _) => Action::Completions(shell),
+        (None, true, _) => Action::Man,
+        (None, false, true) => Action::Check,
+        (None, false, false) => Action::Serve,
     };
-    if args.check {
-        let format = match log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
-        let (report, result) = config::check(&config, format, args.config.as_deref());
-        print!("{report}");
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("hvsockd: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    init_logging(log_format);
-    raise_open_file_limit();
-    let listen_fds: ListenFds = match listen_fds {
-        Ok(fds) => fds,
-        Err(e) => return fail(&ServeError::from(e)),
+    let overrides = Overrides {
+        config: args.config,
+        dir: args.dir,
+        log_format: args.log_format,
+        handshake_timeout: args.handshake_timeout,
+        admin_tcp: args.admin_tcp,
+        socket_group: args.socket_group,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hvsockd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let notifier = Notifier::from_env();
-    let result = runtime.block_on(async {
-        let signalled = shutdown_signal();
-        let server = Server::bind_with(config, listen_fds).await?;
-        notify(notifier.as_ref(), "READY=1\nSTATUS=serving");
-        server
-            .run(async {
-                signalled.await;
-                notify(notifier.as_ref(), "STOPPING=1");
-            })
-            .await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
-
-/// Raises the soft limit of open descriptors to the hard limit, as daemons that hold a socket
-/// per client do: with the usual soft limit of 1024, the 1024 sessions one partition may open
-/// would exhaust hvsockd's descriptors and starve every other partition. (systemd's default is
-/// 1024 soft, 524288 hard.)
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let (Some(soft), hard) = (limit.current, limit.maximum) else {
-        return; // already unlimited
-    };
-    // `None` is unlimited; Linux caps the open-file limit at fs.nr_open anyway.
-    let target = hard.unwrap_or(1 << 20);
-    if soft >= target {
-        return;
-    }
-    let raised = rustix::process::Rlimit {
-        current: Some(target),
-        maximum: hard,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::info!("open-file limit raised from {soft} to {target}"),
-        Err(e) => tracing::warn!(
-            "cannot raise the open-file limit from {soft} to {target} ({e}): a partition \
-             that opens many sessions may exhaust hvsockd's descriptors; raise LimitNOFILE"
-        ),
-    }
-}
-
-/// Tells the service manager, if one listens (`NOTIFY_SOCKET`).
-fn notify(notifier: Option<&Notifier>, state: &str) {
-    if let Some(notifier) = notifier {
-        if let Err(e) = notifier.notify(state) {
-            tracing::warn!("{e}");
-        }
-    }
-}
-
-fn fail(e: &ServeError) -> ExitCode {
-    tracing::error!("{e}");
-    eprintln!("hvsockd: {e}");
-    ExitCode::FAILURE
-}
-
-/// Writes what `write` produces to stdout (for --man and --completions).
-fn print(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hvsockd: writing to stdout: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main(action, overrides, listen_fds, Args::command())
 }

@@ -12,9 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hvsock::{ServiceId, VmId};
-use serde::Serialize;
 
-use crate::state::World;
+use crate::world::World;
 
 /// Upper bounds of the connect-latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -74,61 +73,7 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-/// Counts of one (partition, service) pair, for `/v1/stats`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ConnectStats {
-    /// The connecting partition's name (or id if it is gone).
-    pub partition: String,
-    /// The service's friendly name, or `(unregistered)`.
-    pub service: String,
-    /// The service id, if registered.
-    pub service_id: Option<ServiceId>,
-    /// Connections established.
-    pub established: u64,
-    /// Refusals, by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// Mean time from connect request to connection, in milliseconds (`None` before the
-    /// first connection).
-    pub latency_avg_ms: Option<f64>,
-    /// The upper bound of the latency bucket that holds the 99th percentile, in
-    /// milliseconds (`None` before the first connection; infinite values are `None` too).
-    pub latency_p99_ms: Option<f64>,
-}
-
-/// Binds refused for one (partition, service), by reason.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct BindRefusals {
-    /// The binding partition's name.
-    pub partition: String,
-    /// The service's friendly name, or `(unregistered)`.
-    pub service: String,
-    /// Refusals, by reason.
-    pub refused: BTreeMap<String, u64>,
-}
-
-/// The JSON form of the counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    /// Per connecting partition and service.
-    pub connections: Vec<ConnectStats>,
-    /// Bound listeners per (partition, service name).
-    pub listeners: Vec<ListenerCount>,
-    /// Binds refused per (partition, service), by reason.
-    pub binds_refused: Vec<BindRefusals>,
-    /// Clients dropped for breaking the protocol, by partition and reason.
-    pub client_errors: BTreeMap<String, BTreeMap<String, u64>>,
-}
-
-/// Active listeners of one (partition, service).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ListenerCount {
-    /// The partition's name.
-    pub partition: String,
-    /// The service's friendly name, or `(unregistered)`.
-    pub service: String,
-    /// How many are bound.
-    pub listeners: u64,
-}
+pub use hvsock_api::{BindRefusals, ConnectStats, ListenerCount, Stats};
 
 const UNREGISTERED: &str = "(unregistered)";
 

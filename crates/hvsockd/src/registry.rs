@@ -175,38 +175,18 @@ pub struct ServiceRecord {
     pub created_at: i64,
 }
 
-/// What a partition is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartitionKind {
-    /// The host.
-    Root,
-    /// A sandbox or container, reached through its endpoint socket.
-    Sandbox,
-    /// A VM, reached through its VMM's hybrid-vsock socket.
-    Vm,
-}
+pub use hvsock_api::PartitionKind;
 
-impl PartitionKind {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PartitionKind::Root => "root",
-            PartitionKind::Sandbox => "sandbox",
-            PartitionKind::Vm => "vm",
-        }
-    }
-
-    fn parse(s: &str) -> Result<PartitionKind> {
-        match s {
-            "root" => Ok(PartitionKind::Root),
-            "sandbox" => Ok(PartitionKind::Sandbox),
-            "vm" => Ok(PartitionKind::Vm),
-            other => Err(RegistryError::Corrupt {
-                what: "partition kind",
-                value: other.to_owned(),
-            }),
-        }
+/// A partition kind as stored.
+fn parse_kind(s: &str) -> Result<PartitionKind> {
+    match s {
+        "root" => Ok(PartitionKind::Root),
+        "sandbox" => Ok(PartitionKind::Sandbox),
+        "vm" => Ok(PartitionKind::Vm),
+        other => Err(RegistryError::Corrupt {
+            what: "partition kind",
+            value: other.to_owned(),
+        }),
     }
 }
 
@@ -843,7 +823,7 @@ fn partition_record(
         parent: parent
             .map(|p| parse_guid("partition parent", &p).map(VmId))
             .transpose()?,
-        kind: PartitionKind::parse(&kind)?,
+        kind: parse_kind(&kind)?,
         hybrid_vsock: attachment.map(PathBuf::from),
         created_at,
     })

@@ -239,6 +239,41 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// A list of the policy for people: `any`, or `[a, b]` with partitions named by `name`.
+    fn list_text(list: &Option<Vec<VmId>>, name: &impl Fn(VmId) -> String) -> String {
+        match list {
+            None => "any".to_owned(),
+            Some(ids) => format!(
+                "[{}]",
+                ids.iter().map(|&id| name(id)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// One rule for people, as a refusal quotes it: `policy connect: [a, b]`,
+    /// `policy bind: any`, `policy wildcard_bind: false`.
+    pub fn rule_text(&self, rule: PolicyRule, name: impl Fn(VmId) -> String) -> String {
+        match rule {
+            PolicyRule::Connect => {
+                format!("policy connect: {}", Policy::list_text(&self.connect, &name))
+            }
+            PolicyRule::Bind => format!("policy bind: {}", Policy::list_text(&self.bind, &name)),
+            PolicyRule::WildcardBind => "policy wildcard_bind: false".to_owned(),
+        }
+    }
+
+    /// The whole policy for people: `connect [a, b]; bind any; wildcard_bind yes`.
+    pub fn describe(&self, name: impl Fn(VmId) -> String) -> String {
+        format!(
+            "connect {}; bind {}; wildcard_bind {}",
+            Policy::list_text(&self.connect, &name),
+            Policy::list_text(&self.bind, &name),
+            if self.wildcard_bind { "yes" } else { "no" }
+        )
+    }
+}
+
 /// Which rule of a [`Policy`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyRule {

@@ -1,101 +1,45 @@
-//! Start-up, the shared context, and shutdown.
+//! Start-up, wiring and shutdown.
 //!
 //! [`Server::bind`] does everything that can fail for a reason the operator must fix (the
 //! directories, the lock that keeps a second hvsockd off the same directory, the registry, the
-//! sockets) before anything is served; [`Server::run`] serves until the shutdown future
-//! resolves, then removes its sockets. Established connections are kernel sockets that hvsockd
-//! never held, so they outlive it.
+//! sockets) before anything is served, and wires the parts together:
 //!
+//! ```text
+//!  control::open (registry + --config + world) ─▶ world::Shared ─▶ Broker
+//!  Endpoints, GuestPorts (over the broker) ─▶ Reconciler (follows the world) ─▶ Control
+//!  admin::Api (control + views)
+//! ```
+//!
+//! [`Server::run`] serves until the shutdown future resolves, then removes its sockets.
+//! Established connections are kernel sockets that hvsockd never held, so they outlive it.
 //! [`Server::bind_with`] takes the listening sockets of socket activation (see
-//! [`activation`]): those it serves instead of binding its own, and never
-//! removes.
+//! [`activation`]): those it serves instead of binding its own, and never removes.
 
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use hvsock::VmId;
 use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::{self, ActivationError, ListenFds};
-use crate::attach::{self, Attachments};
-use crate::config::{ConfigError, Declared};
-use crate::endpoint::{self, Endpoints, SocketFile};
+use crate::admin::{self, Api};
+use crate::attach::sockets::GuestPorts;
+use crate::broker::Broker;
+use crate::config::{Config, ConfigError};
+use crate::control::{self, Control, StartError};
+use crate::endpoint::{self, Endpoints, HOST_SOCKET_MODE, SocketFile};
 use crate::metrics::Metrics;
-use crate::registry::{PartitionKind, Registry, RegistryError};
-use crate::state::World;
-
-/// Mode of `host.sock`: the owner and its group (`--socket-group`; `hvsock` when packaged).
-pub const HOST_SOCKET_MODE: u32 = 0o660;
-/// Mode of a partition endpoint: open, because it is reached through a bind mount inside the
-/// sandbox; the `partitions/` directory (0700) keeps other host users from reaching it.
-pub const PARTITION_SOCKET_MODE: u32 = 0o666;
-/// Mode of `admin.sock`: the owner only.
-pub const ADMIN_SOCKET_MODE: u32 = 0o600;
-/// How often hvsockd retries guest sockets it could not open (e.g. a VM directory that did not
-/// exist yet).
-pub const ATTACH_RETRY: Duration = Duration::from_secs(2);
-
-/// Limits that keep one client from hurting the others.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// How long a new client may take to send its first frame.
-    pub handshake_timeout: Duration,
-    /// Most concurrent client sessions per partition.
-    pub max_sessions_per_partition: usize,
-    /// Most connects one control connection may have waiting for a listener's backlog.
-    pub max_outstanding_connects: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            handshake_timeout: Duration::from_secs(10),
-            max_sessions_per_partition: 1024,
-            max_outstanding_connects: 256,
-        }
-    }
-}
-
-/// How to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where the registry and sockets live.
-    pub dirs: Dirs,
-    /// Per-client limits.
-    pub limits: Limits,
-    /// Services, partitions and the default policy that the configuration file declares,
-    /// ensured at start.
-    pub declared: Declared,
-    /// Also serve the admin API over TCP on this loopback address (for tests and tools that
-    /// speak HTTP over TCP only; off by default).
-    pub admin_tcp: Option<SocketAddr>,
-    /// The group (a name or a numeric gid) that owns `host.sock`, so that its members may
-    /// connect as the root partition (mode 0660). `None`: hvsockd's own group. `admin.sock`
-    /// stays owner-only either way. Not applied to a socket-activated `host.sock`, whose
-    /// owner is the socket unit's business (`SocketGroup=`).
-    pub socket_group: Option<String>,
-}
-
-impl Config {
-    /// Defaults under `dirs`.
-    pub fn new(dirs: Dirs) -> Config {
-        Config {
-            dirs,
-            limits: Limits::default(),
-            declared: Declared::default(),
-            admin_tcp: None,
-            socket_group: None,
-        }
-    }
-}
+use crate::reconcile::Reconciler;
+use crate::registry::RegistryError;
+use crate::sys::activation::{self, ActivationError, ListenFds};
+use crate::sys::{self, LockError};
+use crate::world;
 
 /// Why hvsockd could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -165,50 +109,22 @@ pub enum ServeError {
     Activation(#[from] ActivationError),
 }
 
-/// What every task of hvsockd shares.
-#[derive(Debug)]
-pub struct Ctx {
-    /// Where things live.
-    pub dirs: Dirs,
-    /// Per-client limits.
-    pub limits: Limits,
-    /// Cancelled to stop everything.
-    pub shutdown: CancellationToken,
-    /// Services, partitions and listeners.
-    world: Mutex<World>,
-    /// The SQLite registry; writes happen on blocking threads.
-    registry: Mutex<Registry>,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Open endpoints.
-    pub endpoints: Endpoints,
-    /// Open guest-to-host sockets of VM attachments.
-    pub attachments: Attachments,
-    /// When hvsockd started.
-    pub started: Instant,
-}
-
-impl Ctx {
-    /// The world, locked. Hold it briefly and never across an `.await`.
-    pub fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The registry, locked. Use from blocking threads.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A partition's name for logs.
-    pub fn label(&self, id: VmId) -> String {
-        self.world().partition_label(id)
+impl From<StartError> for ServeError {
+    fn from(e: StartError) -> ServeError {
+        match e {
+            StartError::Registry(e) => ServeError::Registry(e),
+            StartError::Config(e) => ServeError::Config(e),
+        }
     }
 }
 
 /// A started hvsockd, not yet serving.
 #[derive(Debug)]
 pub struct Server {
-    ctx: Arc<Ctx>,
+    api: Api,
+    endpoints: Arc<Endpoints>,
+    guest_ports: Arc<GuestPorts>,
+    shutdown: CancellationToken,
     admin: tokio::net::UnixListener,
     admin_tcp: Option<tokio::net::TcpListener>,
     admin_file: SocketFile,
@@ -227,35 +143,13 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), ServeError> {
 }
 
 fn take_lock(dirs: &Dirs) -> Result<File, ServeError> {
-    let path = dirs.lock_file();
-    let lock_err = |source| ServeError::Lock {
-        path: path.clone(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(lock_err)?;
-    match rustix::fs::flock(
-        file.as_fd(),
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    ) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(ServeError::AlreadyRunning {
-                dir: dirs.run.clone(),
-                pid: pid.trim().to_owned(),
-            });
-        }
-        Err(e) => return Err(lock_err(e.into())),
-    }
-    file.set_len(0).map_err(lock_err)?;
-    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-    Ok(file)
+    sys::lock_file(&dirs.lock_file()).map_err(|e| match e {
+        LockError::Io { path, source } => ServeError::Lock { path, source },
+        LockError::Held { pid, .. } => ServeError::AlreadyRunning {
+            dir: dirs.run.clone(),
+            pid,
+        },
+    })
 }
 
 impl Server {
@@ -272,7 +166,7 @@ impl Server {
         let group =
             match &config.socket_group {
                 None => None,
-                Some(name) => Some(endpoint::lookup_group(name).map_err(|source| {
+                Some(name) => Some(sys::lookup_group(name).map_err(|source| {
                     ServeError::SocketGroup {
                         group: name.clone(),
                         source,
@@ -285,62 +179,62 @@ impl Server {
         let lock = take_lock(&dirs)?;
         create_dir(&dirs.partitions(), 0o700)?;
         let _ = std::fs::set_permissions(dirs.partitions(), std::fs::Permissions::from_mode(0o700));
-        let mut registry = Registry::open(&dirs.registry())?;
-        let (applied, default_policy) = config.declared.apply(&mut registry)?;
-        for change in &applied.changes {
-            tracing::info!(config = %config.declared.source.display(), "{change}");
-        }
-        let mut world = World::load(&registry)?;
-        world.set_default_policy(default_policy);
+        let (registry, world) = control::open(&dirs, &config.declared)?;
         let root = world.root();
-        let sandboxes: Vec<VmId> = world
-            .partitions()
-            .filter(|p| p.kind == PartitionKind::Sandbox)
-            .map(|p| p.id)
-            .collect();
-        for path in world.partitions().filter_map(|p| p.hybrid_vsock.as_deref()) {
-            attach::remove_stale(path);
-        }
-        let ctx = Arc::new(Ctx {
-            dirs: dirs.clone(),
-            limits: config.limits,
-            shutdown: CancellationToken::new(),
-            world: Mutex::new(world),
-            registry: Mutex::new(registry),
-            metrics: Metrics::default(),
-            endpoints: Endpoints::default(),
-            attachments: Attachments::default(),
-            started: Instant::now(),
-        });
+        let world = world::Shared::new(world);
+        let metrics = Arc::new(Metrics::default());
+        let broker = Arc::new(Broker::new(world.clone(), metrics.clone()));
+        let shutdown = CancellationToken::new();
+        let endpoints = Arc::new(Endpoints::new(
+            broker.clone(),
+            config.limits,
+            dirs.clone(),
+            shutdown.clone(),
+        ));
+        let guest_ports = Arc::new(GuestPorts::new(
+            broker.clone(),
+            config.limits,
+            shutdown.clone(),
+        ));
         let socket_err = |what: String| move |source| ServeError::Socket { what, source };
         let host_file = match inherited.host {
             Some(fd) => {
                 warn_if_elsewhere("host", &fd, &dirs.host_socket());
-                endpoint::serve(&ctx, root, &dirs.host_socket(), fd, SocketFile::Inherited)
+                endpoints
+                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Inherited)
                     .map_err(socket_err("host".into()))?;
                 SocketFile::Inherited
             }
             None => {
                 let fd = endpoint::listen(&dirs.host_socket(), HOST_SOCKET_MODE, group)
                     .map_err(socket_err("host".into()))?;
-                endpoint::serve(&ctx, root, &dirs.host_socket(), fd, SocketFile::Owned)
+                endpoints
+                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Owned)
                     .map_err(socket_err("host".into()))?;
                 SocketFile::Owned
             }
         };
-        for id in sandboxes {
-            endpoint::open(&ctx, id, &dirs.partition_socket(id), PARTITION_SOCKET_MODE)
-                .map_err(socket_err(format!("partition {id}")))?;
+        let reconciler = Reconciler::new(world.clone(), endpoints.clone(), guest_ports.clone());
+        // The first pass opens the sandboxes' endpoints; nothing is bound yet, so no guest
+        // port opens here: binds open them as they come.
+        if let Some((id, e)) = reconciler.pass().endpoint_failures.into_iter().next() {
+            shutdown.cancel();
+            return Err(ServeError::Socket {
+                what: format!("partition {id}"),
+                source: io::Error::other(e),
+            });
         }
+        let control = Control::new(registry, world.clone(), reconciler.sync());
+        tokio::spawn(reconciler.run(shutdown.clone()));
         let (admin, admin_file) = match inherited.admin {
             Some(fd) => {
                 warn_if_elsewhere("admin", &fd, &dirs.admin_socket());
-                let listener =
-                    activation::tokio_listener(fd).map_err(socket_err("admin".into()))?;
+                let listener = admin::tokio_listener(fd).map_err(socket_err("admin".into()))?;
                 (listener, SocketFile::Inherited)
             }
             None => {
-                let listener = crate::admin::listen(&dirs.admin_socket(), ADMIN_SOCKET_MODE)
+                let listener = admin::listen(&dirs.admin_socket())
+                    .and_then(admin::tokio_listener)
                     .map_err(socket_err("admin".into()))?;
                 (listener, SocketFile::Owned)
             }
@@ -369,16 +263,25 @@ impl Server {
                 Some(listener)
             }
         };
-        // Nothing is bound yet, so no guest port opens here; binds open them as they come.
-        attach::reconcile(&ctx);
-        tokio::spawn(attach::retry_loop(ctx.clone(), ATTACH_RETRY));
         tracing::info!(
             dir = %dirs.run.display(), root = %root,
             "hvsockd ready: endpoint {}, admin API {}",
             dirs.host_socket().display(), dirs.admin_socket().display()
         );
+        let api = Api {
+            control,
+            world,
+            endpoints: endpoints.clone(),
+            guest_ports: guest_ports.clone(),
+            metrics,
+            dirs,
+            started: Instant::now(),
+        };
         Ok(Server {
-            ctx,
+            api,
+            endpoints,
+            guest_ports,
+            shutdown,
             admin,
             admin_tcp,
             admin_file,
@@ -391,18 +294,24 @@ impl Server {
         self.admin_tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The shared context (for in-process tests and tools).
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
+    /// The admin API's state (for in-process tests and tools).
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Cancelled when hvsockd stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// Serves until `shutdown` resolves, then removes the sockets.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let ctx = self.ctx.clone();
-        let admin = crate::admin::serve(ctx.clone(), self.admin);
+        let admin = admin::serve(self.api.clone(), self.admin, self.shutdown.clone());
         let admin_tcp = async {
             match self.admin_tcp {
-                Some(listener) => crate::admin::serve_tcp(ctx.clone(), listener).await,
+                Some(listener) => {
+                    admin::serve_tcp(self.api.clone(), listener, self.shutdown.clone()).await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -412,11 +321,11 @@ impl Server {
             r = admin_tcp => r.map_err(ServeError::Admin),
         };
         tracing::info!("hvsockd stopping");
-        ctx.shutdown.cancel();
-        endpoint::remove_all(&ctx);
-        attach::close_all(&ctx);
+        self.shutdown.cancel();
+        self.endpoints.close_all();
+        self.guest_ports.close_all();
         if self.admin_file == SocketFile::Owned {
-            let _ = std::fs::remove_file(ctx.dirs.admin_socket());
+            let _ = std::fs::remove_file(self.api.dirs.admin_socket());
         }
         result
     }

@@ -90,54 +90,8 @@ fn sandbox() -> PartitionKind {
     PartitionKind::Sandbox
 }
 
-/// How an import treats what the registry holds already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImportMode {
-    /// Add and update; keep entries the document does not name.
-    Merge,
-    /// Make the registry equal to the document.
-    Replace,
-}
+pub use hvsock_api::{Counts, ImportMode, ImportReport};
 
-/// How many entries of a kind an import created, updated, left alone and removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// New entries.
-    pub created: usize,
-    /// Entries whose values changed.
-    pub updated: usize,
-    /// Entries already as the document has them.
-    pub unchanged: usize,
-    /// Entries removed (replace only).
-    pub removed: usize,
-}
-
-/// What an import did (or, for a dry run, would do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImportReport {
-    /// The mode.
-    pub mode: ImportMode,
-    /// Whether nothing was written because it was a dry run.
-    pub dry_run: bool,
-    /// The root's id after the import.
-    pub root: VmId,
-    /// Whether the root took the document's id.
-    pub root_adopted: bool,
-    /// Services.
-    pub services: Counts,
-    /// Partitions (the root not counted).
-    pub partitions: Counts,
-    /// One line per change, for people (`service "echo" created`).
-    pub changes: Vec<String>,
-}
-
-impl ImportReport {
-    /// Whether the import changed (or would change) anything.
-    pub fn changed(&self) -> bool {
-        !self.changes.is_empty()
-    }
-}
 
 /// The part of a partition that is its identity in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

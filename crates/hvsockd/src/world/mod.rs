@@ -1,63 +1,49 @@
 //! The in-memory world: the registry's services and partitions (mirrored, so that a connect
 //! never touches SQLite) and the bound listeners. It turns the router's pure decisions into
-//! answers with the names and reasons a person reads.
+//! answers with the names and reasons a person reads ([`refusal`]).
+//!
+//! # The change signal
+//!
+//! The world lives in a [`Shared`] cell. Every method that changes it marks it changed, and
+//! when the lock ([`WorldGuard`]) is released after a change, the cell's generation goes up by
+//! one on a `tokio::sync::watch` channel. Whatever follows from the world (which endpoints are
+//! open, which guest ports a VM's VMM can reach) is reconciled by a task that watches that one
+//! signal ([`crate::reconcile`]); no caller has to remember to ask for it.
+
+mod refusal;
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hvsock::{ServiceId, SockAddrHv, VmId};
 use hvsock_proto::ErrorCode;
-use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
 
-use crate::listeners::Listener;
+use crate::listeners::{Listener, Sink};
 use crate::registry::{PartitionKind, PartitionRecord, Registry, RegistryError, ServiceRecord};
-use crate::router::{self, BindRefusal, Policy, PolicyRule, Refusal, ServiceState, Topology};
+use crate::router::{self, Policy, ServiceState, Topology};
+
+pub use refusal::Refused;
 
 /// Most listeners one partition may have bound at once.
 pub const MAX_LISTENERS_PER_PARTITION: usize = 4096;
-
-/// A refused request: the code the client maps to an `io::ErrorKind`, what to tell the
-/// person, and a short reason for the counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// The wire code.
-    pub code: ErrorCode,
-    /// The message.
-    pub message: String,
-    /// A stable short reason (a metrics label).
-    pub reason: &'static str,
-}
-
-impl Refused {
-    /// A refusal.
-    pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Refused {
-        Refused {
-            code,
-            message: message.into(),
-            reason,
-        }
-    }
-
-    /// The listener a connect was offered to closed (or its session failed) before it took
-    /// the connection: `why` says which.
-    pub fn listener_closed(why: impl Into<String>) -> Refused {
-        Refused::new(ErrorCode::Refused, "listener_closed", why)
-    }
-}
 
 /// Where a routed connect goes.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A listener known to hvsockd.
     Listener(Arc<Listener>),
-    /// A VM, through its VMM's hybrid-vsock socket; its guest decides.
-    Vm {
+    /// A VM: hvsockd keeps no listeners for it; its guest decides, reached through the VM's
+    /// transport (see [`crate::broker`]).
+    Guest {
         /// The VM partition.
         partition: VmId,
-        /// The VMM's socket.
-        hybrid_vsock: PathBuf,
+        /// Its name, for messages.
+        name: String,
+        /// The VMM's hybrid-vsock socket, if it has one.
+        hybrid_vsock: Option<PathBuf>,
     },
 }
 
@@ -83,6 +69,88 @@ pub struct World {
     bindings: HashMap<(VmId, ServiceId), Vec<Arc<Listener>>>,
     next_listener: u64,
     default_policy: Policy,
+    /// Changed since the lock was taken.
+    changed: bool,
+}
+
+/// The world behind its lock, with the change signal.
+#[derive(Debug)]
+pub struct Shared {
+    world: Mutex<World>,
+    generation: watch::Sender<u64>,
+}
+
+/// The locked world. Hold it briefly and never across an `.await`; releasing it after a
+/// change raises the generation.
+#[derive(Debug)]
+pub struct WorldGuard<'a> {
+    world: MutexGuard<'a, World>,
+    generation: &'a watch::Sender<u64>,
+}
+
+impl Shared {
+    /// A cell around `world`, at generation 0.
+    pub fn new(world: World) -> Arc<Shared> {
+        Arc::new(Shared {
+            world: Mutex::new(world),
+            generation: watch::Sender::new(0),
+        })
+    }
+
+    /// The world, locked.
+    pub fn lock(&self) -> WorldGuard<'_> {
+        WorldGuard {
+            world: self.world.lock().unwrap_or_else(|p| p.into_inner()),
+            generation: &self.generation,
+        }
+    }
+
+    /// The generation: how many times the world changed (or [`Shared::kick`] was called).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// The change signal.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Raises the generation without a change, so that what follows from the world is
+    /// reconciled again (e.g. to retry what failed); returns the new generation.
+    pub fn kick(&self) -> u64 {
+        let mut now = 0;
+        self.generation.send_modify(|g| {
+            *g += 1;
+            now = *g;
+        });
+        now
+    }
+
+    /// A partition's name for logs.
+    pub fn label(&self, id: VmId) -> String {
+        self.lock().partition_label(id)
+    }
+}
+
+impl Deref for WorldGuard<'_> {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl DerefMut for WorldGuard<'_> {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+}
+
+impl Drop for WorldGuard<'_> {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.world.changed) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
 }
 
 impl World {
@@ -95,6 +163,7 @@ impl World {
             bindings: HashMap::new(),
             next_listener: 1,
             default_policy: Policy::default(),
+            changed: false,
         };
         for p in registry.partitions()? {
             world.put_partition(p);
@@ -109,6 +178,7 @@ impl World {
     /// listeners of partitions that are still there; returns the others, which the caller
     /// closes. A root whose id changed counts as gone.
     pub fn reload(&mut self, registry: &Registry) -> Result<Vec<Arc<Listener>>, RegistryError> {
+        self.changed = true;
         let partitions = registry.partitions()?;
         let services = registry.services()?;
         // The default policy follows the root to its new id and loses partitions that are gone.
@@ -148,6 +218,7 @@ impl World {
 
     /// Sets the policy of services that have none of their own.
     pub fn set_default_policy(&mut self, policy: Policy) {
+        self.changed = true;
         self.default_policy = policy;
     }
 
@@ -157,25 +228,6 @@ impl World {
         match self.services.get(&id) {
             Some(s) => s.policy.as_ref().unwrap_or(&self.default_policy),
             None => &router::ALLOW_ALL,
-        }
-    }
-
-    /// A policy for people: `connect: [a, b]; bind: any; wildcard_bind: no`.
-    fn policy_rule_text(&self, policy: &Policy, rule: PolicyRule) -> String {
-        let list = |l: &Option<Vec<VmId>>| match l {
-            None => "any".to_owned(),
-            Some(ids) => format!(
-                "[{}]",
-                ids.iter()
-                    .map(|&id| self.partition_label(id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        match rule {
-            PolicyRule::Connect => format!("policy connect: {}", list(&policy.connect)),
-            PolicyRule::Bind => format!("policy bind: {}", list(&policy.bind)),
-            PolicyRule::WildcardBind => "policy wildcard_bind: false".to_owned(),
         }
     }
 
@@ -256,6 +308,7 @@ impl World {
 
     /// Adds or replaces a partition.
     pub fn put_partition(&mut self, p: PartitionRecord) {
+        self.changed = true;
         if let Some(parent) = p.parent {
             self.topo.insert(p.id, parent);
         }
@@ -265,6 +318,7 @@ impl World {
     /// Removes a partition, from the policies too (as the registry does); returns its
     /// listeners, which the caller closes.
     pub fn remove_partition(&mut self, id: VmId) -> Vec<Arc<Listener>> {
+        self.changed = true;
         self.topo.remove(id);
         self.partitions.remove(&id);
         for service in self.services.values_mut() {
@@ -287,11 +341,13 @@ impl World {
 
     /// Adds or replaces a service.
     pub fn put_service(&mut self, s: ServiceRecord) {
+        self.changed = true;
         self.services.insert(s.id, s);
     }
 
     /// Removes a service.
     pub fn remove_service(&mut self, id: ServiceId) {
+        self.changed = true;
         self.services.remove(&id);
     }
 
@@ -330,18 +386,10 @@ impl World {
             Some(index) => Target::Listener(self.bindings[&(route.dest, service)][index].clone()),
             None => {
                 let vm = &self.partitions[&route.dest];
-                match &vm.hybrid_vsock {
-                    Some(path) => Target::Vm {
-                        partition: vm.id,
-                        hybrid_vsock: path.clone(),
-                    },
-                    None => {
-                        return Err(Refused::new(
-                            ErrorCode::Refused,
-                            "no_attachment",
-                            format!("VM {} has no hybrid-vsock attachment", vm.name),
-                        ));
-                    }
+                Target::Guest {
+                    partition: vm.id,
+                    name: vm.name.clone(),
+                    hybrid_vsock: vm.hybrid_vsock.clone(),
                 }
             }
         };
@@ -353,154 +401,20 @@ impl World {
         })
     }
 
-    fn refusal(&self, from: VmId, target: SockAddrHv, refusal: Refusal) -> Refused {
-        let service = target.service_id;
-        let vm = target.vm_id;
-        match refusal {
-            Refusal::Unreachable => {
-                let message = if from == self.root() && (vm == VmId::PARENT || vm == VmId::ZERO) {
-                    format!(
-                        "{} reaches the parent partition, and the root partition has none",
-                        vm.keyword().unwrap_or("PARENT").to_uppercase()
-                    )
-                } else if let Some(word) = vm.keyword() {
-                    format!(
-                        "{} is not a partition one can connect to (use loopback, parent, zero or a child's id)",
-                        word.to_uppercase()
-                    )
-                } else {
-                    format!(
-                        "no partition {vm} is reachable from {}: only itself, its parent and its children are",
-                        self.partition_label(from)
-                    )
-                };
-                Refused::new(ErrorCode::Unreachable, "unreachable", message)
-            }
-            Refusal::NotRegistered => Refused::new(
-                ErrorCode::Denied,
-                "not_registered",
-                format!(
-                    "service {service} is not registered, and connections across partitions need a registered, enabled service: register it with `hvsock service add NAME --id {service}`"
-                ),
-            ),
-            Refusal::Disabled => {
-                let name = self
-                    .services
-                    .get(&service)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
-                Refused::new(
-                    ErrorCode::Denied,
-                    "disabled",
-                    format!(
-                        "service {name} ({service}) is disabled: enable it with `hvsock service enable {name}`"
-                    ),
-                )
-            }
-            Refusal::Policy(rule) => {
-                let policy = self.effective_policy(service);
-                let name = self
-                    .services
-                    .get(&service)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_else(|| service.to_string());
-                let rule_text = self.policy_rule_text(policy, rule);
-                let (reason, message) = match rule {
-                    PolicyRule::Connect => (
-                        "policy_connect",
-                        format!(
-                            "service {name} does not allow partition {} to connect ({rule_text})",
-                            self.partition_label(from)
-                        ),
-                    ),
-                    PolicyRule::Bind | PolicyRule::WildcardBind => {
-                        let dest = router::destination(&self.topo, from, vm).unwrap_or(from);
-                        let what = if rule == PolicyRule::Bind {
-                            format!("partition {} may not serve it", self.partition_label(dest))
-                        } else {
-                            "its wildcard listeners may not serve it".to_owned()
-                        };
-                        let reason = if rule == PolicyRule::Bind {
-                            "policy_bind"
-                        } else {
-                            "policy_wildcard_bind"
-                        };
-                        (
-                            reason,
-                            format!(
-                                "service {name}: the listener that would take this connection from {} is not allowed by the policy: {what} ({rule_text})",
-                                self.partition_label(from)
-                            ),
-                        )
-                    }
-                };
-                Refused::new(ErrorCode::Denied, reason, message)
-            }
-            Refusal::NothingListens => {
-                let dest = router::destination(&self.topo, from, vm).unwrap_or(from);
-                Refused::new(
-                    ErrorCode::Refused,
-                    "nothing_listens",
-                    format!(
-                        "nothing in partition {} listens on service {} for connections from {}",
-                        self.partition_label(dest),
-                        self.service_label(service),
-                        self.partition_label(from)
-                    ),
-                )
-            }
-        }
-    }
-
-    /// Binds `addr` in `partition` for the session `sock`.
+    /// Binds `addr` in `partition`; connections go to `sink`.
     pub fn bind(
         &mut self,
         partition: VmId,
         addr: SockAddrHv,
         backlog: u32,
         pid: Option<u32>,
-        sock: Arc<AsyncFd<OwnedFd>>,
+        sink: Arc<dyn Sink>,
     ) -> Result<Arc<Listener>, Refused> {
-        router::check_bind(&self.topo, partition, addr.vm_id).map_err(|refusal| match refusal {
-            BindRefusal::Broadcast => Refused::new(
-                ErrorCode::AddrNotAvailable,
-                "broadcast",
-                "BROADCAST cannot be bound: bind wildcard, children, loopback, parent or a partition's id",
-            ),
-            BindRefusal::ParentInRoot => Refused::new(
-                ErrorCode::Unsupported,
-                "parent_in_root",
-                "binding PARENT is not supported in the root partition, which has no parent",
-            ),
-            BindRefusal::Silohost => Refused::new(
-                ErrorCode::Unsupported,
-                "silohost",
-                "binding SILOHOST is not supported: hvsock has no silos; a sandbox reaches its host through PARENT",
-            ),
-        })?;
-        if let Some(record) = self.services.get(&addr.service_id) {
+        router::check_bind(&self.topo, partition, addr.vm_id).map_err(refusal::bind)?;
+        if self.services.contains_key(&addr.service_id) {
             let policy = self.effective_policy(addr.service_id);
-            if let Err(rule) = router::check_bind_policy(policy, partition, addr.vm_id) {
-                let rule_text = self.policy_rule_text(policy, rule);
-                let (reason, message) = match rule {
-                    PolicyRule::WildcardBind => (
-                        "policy_wildcard_bind",
-                        format!(
-                            "service {} does not allow wildcard binds ({rule_text}): bind children, parent, loopback or a partition's id",
-                            record.name
-                        ),
-                    ),
-                    _ => (
-                        "policy_bind",
-                        format!(
-                            "service {} does not allow partition {} to bind it ({rule_text})",
-                            record.name,
-                            self.partition_label(partition)
-                        ),
-                    ),
-                };
-                return Err(Refused::new(ErrorCode::Denied, reason, message));
-            }
+            router::check_bind_policy(policy, partition, addr.vm_id)
+                .map_err(|rule| self.bind_policy_refusal(partition, addr.service_id, rule))?;
         }
         let in_partition: usize = self
             .bindings
@@ -544,9 +458,10 @@ impl World {
             addr,
             backlog,
             pid,
-            sock,
+            sink,
         ));
         self.next_listener += 1;
+        self.changed = true;
         self.bindings
             .entry((partition, addr.service_id))
             .or_default()
@@ -556,6 +471,7 @@ impl World {
 
     /// Removes a listener's binding.
     pub fn unbind(&mut self, listener: &Listener) {
+        self.changed = true;
         let key = (listener.partition, listener.addr.service_id);
         if let Some(bound) = self.bindings.get_mut(&key) {
             bound.retain(|l| l.id != listener.id);

@@ -400,13 +400,6 @@ pub fn bound_path(fd: BorrowedFd<'_>) -> Option<PathBuf> {
     ))
 }
 
-/// Turns an inherited `admin` socket into a tokio listener.
-pub fn tokio_listener(fd: OwnedFd) -> io::Result<tokio::net::UnixListener> {
-    let std = std::os::unix::net::UnixListener::from(fd);
-    std.set_nonblocking(true)?;
-    tokio::net::UnixListener::from_std(std)
-}
-
 /// Where readiness goes: `NOTIFY_SOCKET`, if set.
 #[derive(Debug, Clone)]
 pub struct Notifier {

@@ -1,0 +1,215 @@
+//! One function per route: parse the request (path, query, body as [`hvsock_api`] types) →
+//! ask the [control layer](crate::control) → answer with a [view](super::views).
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use hvsock_api::{
+    Attachment, Host, Listener, NewPartition, NewService, Partition, PartitionPatch, Service,
+    ServicePatch, Stats,
+};
+use serde::Deserialize;
+
+use super::http::ApiResult;
+use super::{Api, OPENAPI, views};
+use crate::registry::{Added, Export, ImportMode, ImportReport, PartitionKind, PartitionRecord};
+
+fn created(added: Added) -> StatusCode {
+    match added {
+        Added::Created => StatusCode::CREATED,
+        Added::Existing => StatusCode::OK,
+    }
+}
+
+pub async fn host(State(api): State<Api>) -> Json<Host> {
+    Json(views::host(&api))
+}
+
+pub async fn list_services(State(api): State<Api>) -> Json<Vec<Service>> {
+    let mut services: Vec<_> = api.world.lock().services().cloned().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(services.iter().map(|s| views::service(&api, s)).collect())
+}
+
+pub async fn add_service(
+    State(api): State<Api>,
+    body: Result<Json<NewService>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Service>)> {
+    let Json(body) = body?;
+    let (record, added) = api.control.add_service(body).await?;
+    Ok((created(added), Json(views::service(&api, &record))))
+}
+
+pub async fn show_service(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Service>> {
+    let record = api.control.service(&key)?;
+    Ok(Json(views::service(&api, &record)))
+}
+
+pub async fn patch_service(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+    body: Result<Json<ServicePatch>, JsonRejection>,
+) -> ApiResult<Json<Service>> {
+    let Json(body) = body?;
+    let record = api.control.patch_service(&key, body).await?;
+    Ok(Json(views::service(&api, &record)))
+}
+
+pub async fn enable_service(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Service>> {
+    let record = api.control.set_service_enabled(&key, true).await?;
+    Ok(Json(views::service(&api, &record)))
+}
+
+pub async fn disable_service(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Service>> {
+    let record = api.control.set_service_enabled(&key, false).await?;
+    Ok(Json(views::service(&api, &record)))
+}
+
+pub async fn remove_service(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    api.control.remove_service(&key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_partitions(State(api): State<Api>) -> Json<Vec<Partition>> {
+    let mut parts: Vec<PartitionRecord> = api.world.lock().partitions().cloned().collect();
+    parts.sort_by(|a, b| {
+        (a.kind != PartitionKind::Root, &a.name).cmp(&(b.kind != PartitionKind::Root, &b.name))
+    });
+    Json(parts.iter().map(|p| views::partition(&api, p)).collect())
+}
+
+pub async fn add_partition(
+    State(api): State<Api>,
+    body: Result<Json<NewPartition>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Partition>)> {
+    let Json(body) = body?;
+    let (record, added) = api.control.add_partition(body).await?;
+    Ok((created(added), Json(views::partition(&api, &record))))
+}
+
+pub async fn show_partition(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Partition>> {
+    let record = api.control.partition(&key)?;
+    Ok(Json(views::partition(&api, &record)))
+}
+
+pub async fn patch_partition(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+    body: Result<Json<PartitionPatch>, JsonRejection>,
+) -> ApiResult<Json<Partition>> {
+    let Json(body) = body?;
+    let record = api.control.rename_partition(&key, body.name).await?;
+    Ok(Json(views::partition(&api, &record)))
+}
+
+pub async fn remove_partition(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    api.control.remove_partition(&key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn partition_children(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Vec<Partition>>> {
+    let parent = api.control.partition(&key)?;
+    let mut children: Vec<PartitionRecord> = {
+        let world = api.world.lock();
+        world
+            .topology()
+            .children(parent.id)
+            .filter_map(|id| world.partition(id).cloned())
+            .collect()
+    };
+    children.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(
+        children.iter().map(|p| views::partition(&api, p)).collect(),
+    ))
+}
+
+pub async fn list_listeners(State(api): State<Api>) -> Json<Vec<Listener>> {
+    Json(views::listeners(&api))
+}
+
+pub async fn list_attachments(State(api): State<Api>) -> Json<Vec<Attachment>> {
+    Json(views::attachments(&api))
+}
+
+pub async fn export_registry(State(api): State<Api>) -> ApiResult<Json<Export>> {
+    Ok(Json(api.control.export().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportParams {
+    #[serde(default = "merge")]
+    mode: ImportMode,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn merge() -> ImportMode {
+    ImportMode::Merge
+}
+
+pub async fn import_registry(
+    State(api): State<Api>,
+    params: Result<Query<ImportParams>, QueryRejection>,
+    body: Result<Json<Export>, JsonRejection>,
+) -> ApiResult<Json<ImportReport>> {
+    let Query(params) = params?;
+    let Json(doc) = body?;
+    let report = api
+        .control
+        .import(doc, params.mode, params.dry_run)
+        .await?;
+    Ok(Json(report))
+}
+
+pub async fn stats(State(api): State<Api>) -> Json<Stats> {
+    let world = api.world.lock();
+    Json(api.metrics.stats(&world))
+}
+
+pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    let text = {
+        let world = api.world.lock();
+        api.metrics.render(&world)
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+}

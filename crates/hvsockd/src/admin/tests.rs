@@ -1,0 +1,156 @@
+use super::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use std::collections::BTreeSet;
+use tower::ServiceExt as _;
+
+fn document() -> serde_json::Value {
+    serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+}
+
+/// `(method, path)` of every operation in the document.
+fn documented() -> BTreeSet<(String, String)> {
+    let doc = document();
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                out.insert((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_document_and_the_routes_name_the_same_operations() {
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|&(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
+    assert_eq!(routes.len(), ROUTES.len(), "a route is declared twice");
+    let documented = documented();
+    let missing: Vec<_> = routes.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routes).collect();
+    assert!(
+        missing.is_empty(),
+        "routes not in openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "openapi.json operations with no route: {extra:?}"
+    );
+}
+
+#[test]
+fn every_reference_in_the_document_resolves() {
+    let doc = document();
+    fn walk(v: &serde_json::Value, doc: &serde_json::Value, seen: &mut usize) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                    let pointer = r.strip_prefix('#').expect("local reference");
+                    assert!(doc.pointer(pointer).is_some(), "dangling {r}");
+                    *seen += 1;
+                }
+                map.values().for_each(|v| walk(v, doc, seen));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, doc, seen)),
+            _ => {}
+        }
+    }
+    let mut seen = 0;
+    walk(&doc, &doc, &mut seen);
+    assert!(seen > 20, "{seen} references");
+    // Every operation documents its success and, when it has a body, its body errors.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            if method == "parameters" {
+                continue;
+            }
+            let responses = op["responses"].as_object().expect("responses");
+            assert!(
+                responses.keys().any(|k| k.starts_with('2')),
+                "{method} {path} documents no success"
+            );
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} lacks {status}"
+                    );
+                }
+            }
+            if path.contains("{key}") {
+                assert!(responses.contains_key("404"), "{method} {path} lacks 404");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_router_serves_the_document_and_answers_every_documented_route() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = crate::Config::new(hvsock::dirs::Dirs::under(tmp.path()));
+    let server = crate::Server::bind(config).await.expect("bind");
+    let app = router(server.api().clone());
+    let call = |method: &str, path: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        app.clone().oneshot(request)
+    };
+    let response = call("GET", "/v1/openapi.json").await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(
+        bytes,
+        OPENAPI.as_bytes(),
+        "served == crates/hvsockd/openapi.json"
+    );
+
+    for (method, path) in documented() {
+        let path = path.replace("{key}", "host");
+        let response = call(&method.to_uppercase(), &path).await.expect("answer");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !text.contains("\"no_route\""),
+            "{method} {path}: {status} {text}"
+        );
+    }
+
+    // axum's own errors come out as the API's JSON errors.
+    let response = call("PUT", "/v1/services").await.expect("answer");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(response.headers().contains_key(header::ALLOW));
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(json["error"]["code"], "method_not_allowed");
+    let response = call("POST", "/v1/registry?mode=sideways")
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(json["error"]["code"], "invalid_request", "{json}");
+    let response = call("GET", "/v1/services/%FF").await.expect("answer");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(json["error"]["code"], "invalid_request", "{json}");
+    server.shutdown_token().cancel();
+}

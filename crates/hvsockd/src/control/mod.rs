@@ -1,0 +1,464 @@
+//! The control layer: the only code that changes the registry and the world. Every change
+//! goes the same way:
+//!
+//! ```text
+//!  check (names, ids, paths: ControlError::Invalid) ─▶ registry transaction (SQLite, on a
+//!  blocking thread) ─▶ the in-memory world, in the same critical section, so that the world
+//!  never runs ahead of or behind the database ─▶ what follows: listeners of removed partitions
+//!  closed here; endpoints and guest ports reconciled from the world's change signal, awaited
+//!  ([`Sync::settled`]) so that the caller's answer already holds
+//! ```
+//!
+//! The admin API's handlers (parse → control → view), `--config` at start-up ([`open`]) and
+//! anything later that changes state call it; nothing else writes the registry or the
+//! registry's mirror in the world. (Sessions bind and unbind listeners in the world directly:
+//! that is runtime state, not registry state, and the same change signal follows it.)
+
+mod policy;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hvsock::dirs::Dirs;
+use hvsock::{ServiceId, VmId};
+use hvsock_api::{NewPartition, NewService, ServicePatch};
+
+use crate::attach;
+use crate::config::{ConfigError, Declared};
+use crate::reconcile::Sync;
+use crate::registry::{
+    Added, Export, ImportMode, ImportReport, PartitionKind, PartitionRecord, Registry,
+    RegistryError, ServiceRecord,
+};
+use crate::world::{self, World};
+
+/// Why a change was not made (or not wholly).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The registry refused or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The request is not valid: `code` says how (`invalid_name`, `invalid_request`,
+    /// `invalid_hybrid_vsock`, `unknown_partition`).
+    #[error("{message}")]
+    Invalid {
+        /// A stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// It clashes with what is there.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such entry.
+    #[error("no {what} {key:?} in the registry")]
+    NotFound {
+        /// `service` or `partition`.
+        what: &'static str,
+        /// The id or name asked for.
+        key: String,
+    },
+    /// The change was made, but what follows from it failed, or hvsockd itself did.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    fn invalid(code: &'static str, message: impl Into<String>) -> ControlError {
+        ControlError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// Opens (or creates) the registry, ensures what the configuration declares in it (one
+/// transaction) and loads the world from it: the start of every hvsockd.
+pub fn open(dirs: &Dirs, declared: &Declared) -> Result<(Registry, World), StartError> {
+    let mut registry = Registry::open(&dirs.registry())?;
+    let (applied, default_policy) = declared.apply(&mut registry)?;
+    for change in &applied.changes {
+        tracing::info!(config = %declared.source.display(), "{change}");
+    }
+    let mut world = World::load(&registry)?;
+    world.set_default_policy(default_policy);
+    for path in world.partitions().filter_map(|p| p.hybrid_vsock.as_deref()) {
+        attach::sockets::remove_stale(path);
+    }
+    Ok((registry, world))
+}
+
+/// Why [`open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The registry could not be opened or read.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The configuration file's entries could not be applied.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The control layer of one hvsockd.
+#[derive(Debug)]
+pub struct Control {
+    registry: Mutex<Registry>,
+    world: Arc<world::Shared>,
+    sync: Sync,
+}
+
+impl Control {
+    /// Over `registry` and its mirror `world`; `sync` waits for what follows a change.
+    pub fn new(registry: Registry, world: Arc<world::Shared>, sync: Sync) -> Arc<Control> {
+        Arc::new(Control {
+            registry: Mutex::new(registry),
+            world,
+            sync,
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a registry write on a blocking thread, one at a time.
+    async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Control) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| ControlError::Internal(format!("the registry write failed: {e}")))?
+    }
+
+    /// A service by id or name.
+    pub fn service(&self, key: &str) -> Result<ServiceRecord> {
+        self.world
+            .lock()
+            .find_service(key)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound {
+                what: "service",
+                key: key.to_owned(),
+            })
+    }
+
+    /// A partition by id or name.
+    pub fn partition(&self, key: &str) -> Result<PartitionRecord> {
+        self.world
+            .lock()
+            .find_partition(key)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound {
+                what: "partition",
+                key: key.to_owned(),
+            })
+    }
+
+    /// Registers a service; `Added::Existing` if the same one was there.
+    pub async fn add_service(
+        self: &Arc<Self>,
+        new: NewService,
+    ) -> Result<(ServiceRecord, Added)> {
+        check_name(hvsock::addr::check_service_name(&new.name))?;
+        let id = match (new.id, new.port) {
+            (Some(_), Some(_)) => {
+                return Err(ControlError::invalid(
+                    "invalid_request",
+                    "give either id or port, not both (a port stands for its vsock template GUID)",
+                ));
+            }
+            (Some(id), None) => id,
+            (None, Some(port)) => ServiceId::from_vsock_port(port),
+            (None, None) => ServiceId::new_random(),
+        };
+        let (record, added) = self
+            .write(move |c| {
+                let (record, added) = c.registry().add_service(id, &new.name, new.enabled)?;
+                c.world.lock().put_service(record.clone());
+                Ok((record, added))
+            })
+            .await?;
+        if added == Added::Created {
+            tracing::info!(name = %record.name, id = %record.id, "service registered");
+        }
+        self.sync.settled().await;
+        Ok((record, added))
+    }
+
+    /// Renames, switches and sets the policy of the service `key` (JSON merge patch).
+    pub async fn patch_service(
+        self: &Arc<Self>,
+        key: &str,
+        patch: ServicePatch,
+    ) -> Result<ServiceRecord> {
+        let record = self.service(key)?;
+        if let Some(name) = &patch.name {
+            check_name(hvsock::addr::check_service_name(name))?;
+        }
+        let policy = match patch.policy {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(p)) => Some(Some(policy::merge(
+                &self.world.lock(),
+                record.policy.as_ref(),
+                p,
+            )?)),
+        };
+        let (name, enabled) = (patch.name, patch.enabled);
+        let before = record.clone();
+        let record = self
+            .write(move |c| {
+                let record = c.registry().update_service(
+                    record.id,
+                    name.as_deref(),
+                    enabled,
+                    policy.as_ref().map(Option::as_ref),
+                )?;
+                c.world.lock().put_service(record.clone());
+                Ok(record)
+            })
+            .await?;
+        if record != before {
+            tracing::info!(
+                id = %record.id, name = %record.name, was = %before.name, enabled = record.enabled,
+                policy = ?record.policy, "service changed"
+            );
+        }
+        self.sync.settled().await;
+        Ok(record)
+    }
+
+    /// Enables or disables the service `key`.
+    pub async fn set_service_enabled(
+        self: &Arc<Self>,
+        key: &str,
+        enabled: bool,
+    ) -> Result<ServiceRecord> {
+        let record = self.service(key)?;
+        let record = self
+            .write(move |c| {
+                c.registry().set_service_enabled(record.id, enabled)?;
+                let record = ServiceRecord { enabled, ..record };
+                c.world.lock().put_service(record.clone());
+                Ok(record)
+            })
+            .await?;
+        tracing::info!(name = %record.name, enabled, "service switched");
+        self.sync.settled().await;
+        Ok(record)
+    }
+
+    /// Removes the service `key`.
+    pub async fn remove_service(self: &Arc<Self>, key: &str) -> Result<()> {
+        let record = self.service(key)?;
+        self.write(move |c| {
+            c.registry().remove_service(record.id)?;
+            c.world.lock().remove_service(record.id);
+            tracing::info!(name = %record.name, id = %record.id, "service removed");
+            Ok(())
+        })
+        .await?;
+        self.sync.settled().await;
+        Ok(())
+    }
+
+    /// Adds a sandbox partition (and opens its endpoint) or, with `hybrid_vsock`, attaches a
+    /// VM; `Added::Existing` if the same one was there.
+    pub async fn add_partition(
+        self: &Arc<Self>,
+        new: NewPartition,
+    ) -> Result<(PartitionRecord, Added)> {
+        check_name(hvsock::addr::check_partition_name(&new.name))?;
+        let id = new.id.unwrap_or_else(|| VmId(hvsock::Guid::new_random()));
+        if id.is_well_known() {
+            return Err(ControlError::invalid(
+                "invalid_request",
+                format!(
+                    "{id} is a well-known VmId ({}) and cannot name a partition",
+                    id.keyword().unwrap_or_default()
+                ),
+            ));
+        }
+        let parent = match &new.parent {
+            Some(key) => self.partition(key)?,
+            None => {
+                let root = self.world.lock().root();
+                self.partition(&root.to_string())?
+            }
+        };
+        if parent.kind == PartitionKind::Vm {
+            return Err(ControlError::invalid(
+                "invalid_request",
+                format!(
+                    "partition {} is a VM and cannot have child partitions here: a guest that hosts its own sandboxes runs its own hvsockd",
+                    parent.name
+                ),
+            ));
+        }
+        let kind = match &new.hybrid_vsock {
+            Some(path) => {
+                attach::check_path(path)
+                    .map_err(|message| ControlError::invalid("invalid_hybrid_vsock", message))?;
+                PartitionKind::Vm
+            }
+            None => PartitionKind::Sandbox,
+        };
+        let parent = parent.id;
+        let hybrid_vsock = new.hybrid_vsock.clone();
+        let (record, added) = self
+            .write(move |c| {
+                if let Some(path) = &hybrid_vsock {
+                    if let Some(other) = c.attached_elsewhere(id, path) {
+                        return Err(ControlError::Conflict(format!(
+                            "the hybrid-vsock socket {} is already attached to VM {other}",
+                            path.display()
+                        )));
+                    }
+                }
+                let (record, added) = c.registry().add_partition(
+                    id,
+                    &new.name,
+                    parent,
+                    kind,
+                    hybrid_vsock.as_deref(),
+                )?;
+                c.world.lock().put_partition(record.clone());
+                Ok((record, added))
+            })
+            .await?;
+        let applied = self.sync.settled().await;
+        if kind == PartitionKind::Vm {
+            if added == Added::Created {
+                tracing::info!(
+                    name = %record.name, id = %record.id,
+                    hybrid_vsock = %record.hybrid_vsock.as_deref().unwrap_or(Path::new("")).display(),
+                    "VM attached"
+                );
+            }
+        } else {
+            if let Some((_, e)) = applied.endpoint_failures.iter().find(|(p, _)| *p == record.id) {
+                return Err(ControlError::Internal(format!(
+                    "the partition was added, but its endpoint could not be opened: {e}"
+                )));
+            }
+            if added == Added::Created {
+                tracing::info!(name = %record.name, id = %record.id, "partition added");
+            }
+        }
+        Ok((record, added))
+    }
+
+    /// The VM other than `id` that `path` is attached to, if any.
+    fn attached_elsewhere(&self, id: VmId, path: &Path) -> Option<String> {
+        self.world
+            .lock()
+            .partitions()
+            .find(|p| p.id != id && p.hybrid_vsock.as_deref() == Some(path))
+            .map(|p| p.name.clone())
+    }
+
+    /// Renames the partition `key` (nothing to do if it has that name).
+    pub async fn rename_partition(
+        self: &Arc<Self>,
+        key: &str,
+        name: Option<String>,
+    ) -> Result<PartitionRecord> {
+        let record = self.partition(key)?;
+        let Some(name) = name.filter(|n| *n != record.name) else {
+            return Ok(record);
+        };
+        check_name(hvsock::addr::check_partition_name(&name))?;
+        let old = record.name.clone();
+        let record = self
+            .write(move |c| {
+                c.registry().rename_partition(record.id, &name)?;
+                let record = PartitionRecord { name, ..record };
+                c.world.lock().put_partition(record.clone());
+                Ok(record)
+            })
+            .await?;
+        tracing::info!(id = %record.id, name = %record.name, was = %old, "partition renamed");
+        Ok(record)
+    }
+
+    /// Removes the partition `key`, its endpoint and its listeners.
+    pub async fn remove_partition(self: &Arc<Self>, key: &str) -> Result<()> {
+        let record = self.partition(key)?;
+        let id = record.id;
+        let listeners = self
+            .write(move |c| {
+                c.registry().remove_partition(id)?;
+                Ok(c.world.lock().remove_partition(id))
+            })
+            .await?;
+        for listener in listeners {
+            listener.close();
+        }
+        self.sync.settled().await;
+        tracing::info!(name = %record.name, id = %record.id, "partition removed");
+        Ok(())
+    }
+
+    /// The registry as a document.
+    pub async fn export(self: &Arc<Self>) -> Result<Export> {
+        self.write(|c| Ok(c.registry().export()?)).await
+    }
+
+    /// Imports a registry document in one transaction (or says what it would do).
+    pub async fn import(
+        self: &Arc<Self>,
+        doc: Export,
+        mode: ImportMode,
+        dry_run: bool,
+    ) -> Result<ImportReport> {
+        let (report, closed) = self
+            .write(move |c| {
+                let mut registry = c.registry();
+                let report = registry.import(&doc, mode, dry_run)?;
+                let closed = if report.changed() && !report.dry_run {
+                    c.world.lock().reload(&registry)?
+                } else {
+                    Vec::new()
+                };
+                Ok((report, closed))
+            })
+            .await?;
+        for listener in closed {
+            listener.close();
+        }
+        if report.changed() && !report.dry_run {
+            let applied = self.sync.settled().await;
+            for change in &report.changes {
+                tracing::info!(mode = ?report.mode, "import: {change}");
+            }
+            if !applied.endpoint_failures.is_empty() {
+                let world = self.world.lock();
+                let failed: Vec<String> = applied
+                    .endpoint_failures
+                    .iter()
+                    .map(|(id, e)| format!("{}: {e}", world.partition_label(*id)))
+                    .collect();
+                drop(world);
+                tracing::error!("after an import, endpoints could not be opened: {failed:?}");
+                return Err(ControlError::Internal(format!(
+                    "the registry was imported, but these endpoints could not be opened: {}",
+                    failed.join("; ")
+                )));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Where the registry lives.
+    pub fn registry_path(&self) -> PathBuf {
+        self.registry().path().to_owned()
+    }
+}
+
+fn check_name(checked: std::result::Result<(), impl std::fmt::Display>) -> Result<()> {
+    checked.map_err(|e| ControlError::invalid("invalid_name", e.to_string()))
+}

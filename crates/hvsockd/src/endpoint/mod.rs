@@ -1,0 +1,271 @@
+//! Endpoint sockets: `host.sock` for the root and `partitions/<vmid>.sock` for each sandbox
+//! partition. A client's partition is the endpoint it came through.
+//!
+//! Each endpoint is an `AF_UNIX` `SOCK_SEQPACKET` listening socket with an accept task; each
+//! accepted client gets a [`session`](crate::session) task. Which endpoints are open follows
+//! the world: [`Endpoints::reconcile`] (run on every change, see [`crate::reconcile`]) opens the
+//! endpoint of each sandbox partition that has none, closes those of partitions that are gone
+//! (cancelling the accept task and every session of that partition, and unlinking the socket
+//! file), and serves `host.sock` under the root's new id when an import changed it. A socket
+//! that came from a service manager ([`SocketFile::Inherited`], socket activation) is served
+//! the same way, but its file is the service manager's: hvsockd never removes it.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hvsock::VmId;
+use hvsock::dirs::Dirs;
+use rustix::net::{SocketFlags, SocketType};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::config::Limits;
+use crate::registry::PartitionKind;
+use crate::sys::{self, Replace, SocketSpec};
+use crate::world::World;
+
+/// The `listen()` backlog of endpoint sockets.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Mode of `host.sock`: the owner and its group (`--socket-group`; `hvsock` when packaged).
+pub const HOST_SOCKET_MODE: u32 = 0o660;
+/// Mode of a partition endpoint: open, because it is reached through a bind mount inside the
+/// sandbox; the `partitions/` directory (0700) keeps other host users from reaching it.
+pub const PARTITION_SOCKET_MODE: u32 = 0o666;
+
+/// Who owns an endpoint's socket file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketFile {
+    /// hvsockd bound it and removes it when the endpoint closes.
+    Owned,
+    /// A service manager bound it (socket activation) and keeps it across restarts of
+    /// hvsockd: never removed.
+    Inherited,
+}
+
+/// Which partition an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The root's (`host.sock`): follows the root's id.
+    Root,
+    /// A sandbox partition's.
+    Partition,
+}
+
+#[derive(Debug)]
+struct Open {
+    role: Role,
+    path: PathBuf,
+    file: SocketFile,
+    /// Shared with the accept loop, so that a new root id can be served on the same socket.
+    listener: Arc<AsyncFd<OwnedFd>>,
+    cancel: CancellationToken,
+    sessions: Arc<AtomicUsize>,
+}
+
+/// The open endpoints, by partition.
+#[derive(Debug)]
+pub struct Endpoints {
+    broker: Arc<Broker>,
+    limits: Limits,
+    dirs: Dirs,
+    shutdown: CancellationToken,
+    open: Mutex<HashMap<VmId, Open>>,
+}
+
+/// Creates a listening endpoint socket at `path` (replacing a stale file) with `mode`, and
+/// with `group` as its group if given, before anyone can connect to it.
+pub fn listen(path: &Path, mode: u32, group: Option<u32>) -> io::Result<OwnedFd> {
+    sys::listen_unix(
+        path,
+        SocketSpec {
+            ty: SocketType::SEQPACKET,
+            mode,
+            owner: group.map(|gid| (None, Some(gid))),
+            replace: Replace::AnyFile,
+            backlog: LISTEN_BACKLOG,
+        },
+    )
+}
+
+impl Endpoints {
+    /// None open yet; everything ends with `shutdown`.
+    pub fn new(
+        broker: Arc<Broker>,
+        limits: Limits,
+        dirs: Dirs,
+        shutdown: CancellationToken,
+    ) -> Endpoints {
+        Endpoints {
+            broker,
+            limits,
+            dirs,
+            shutdown,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<VmId, Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live sessions of a partition.
+    pub fn sessions(&self, partition: VmId) -> usize {
+        self.lock()
+            .get(&partition)
+            .map_or(0, |o| o.sessions.load(Ordering::Relaxed))
+    }
+
+    /// The endpoint path of a partition, if open.
+    pub fn path(&self, partition: VmId) -> Option<PathBuf> {
+        self.lock().get(&partition).map(|o| o.path.clone())
+    }
+
+    /// Serves `listener`, a listening `SOCK_SEQPACKET` socket at `path`, as the root's
+    /// endpoint (`host.sock`).
+    pub fn serve_root(
+        self: &Arc<Self>,
+        root: VmId,
+        path: &Path,
+        listener: OwnedFd,
+        file: SocketFile,
+    ) -> io::Result<()> {
+        let afd = Arc::new(sys::register(listener)?);
+        self.start(root, Role::Root, path.to_owned(), afd, file);
+        Ok(())
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        partition: VmId,
+        role: Role,
+        path: PathBuf,
+        listener: Arc<AsyncFd<OwnedFd>>,
+        file: SocketFile,
+    ) {
+        let cancel = self.shutdown.child_token();
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let previous = self.lock().insert(
+            partition,
+            Open {
+                role,
+                path,
+                file,
+                listener: listener.clone(),
+                cancel: cancel.clone(),
+                sessions: sessions.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.cancel.cancel();
+        }
+        tokio::spawn(self.clone().accept_loop(partition, listener, cancel, sessions));
+    }
+
+    /// Opens and closes endpoints to match `world`: returns the partitions whose endpoint could
+    /// not be opened, with why. Must run inside the runtime, from one task at a time.
+    pub fn reconcile(self: &Arc<Self>, world: &World) -> Vec<(VmId, String)> {
+        let root = world.root();
+        let sandboxes: Vec<VmId> = world
+            .partitions()
+            .filter(|p| p.kind == PartitionKind::Sandbox)
+            .map(|p| p.id)
+            .collect();
+        // The root's endpoint follows the root's id (an import may change it): its clients
+        // that came in under the old id are dropped; the socket and its file stay.
+        let old_root = self
+            .lock()
+            .iter()
+            .find(|(_, o)| o.role == Role::Root)
+            .map(|(&id, _)| id);
+        if let Some(old) = old_root.filter(|&old| old != root) {
+            if let Some(open) = self.lock().remove(&old) {
+                open.cancel.cancel();
+                self.start(root, Role::Root, open.path, open.listener, open.file);
+            }
+        }
+        let gone: Vec<VmId> = self
+            .lock()
+            .iter()
+            .filter(|(id, o)| o.role == Role::Partition && !sandboxes.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.close(id);
+        }
+        let mut failed = Vec::new();
+        for id in sandboxes {
+            if self.lock().contains_key(&id) {
+                continue;
+            }
+            let path = self.dirs.partition_socket(id);
+            match listen(&path, PARTITION_SOCKET_MODE, None).and_then(sys::register) {
+                Ok(afd) => self.start(id, Role::Partition, path, Arc::new(afd), SocketFile::Owned),
+                Err(e) => {
+                    tracing::error!(
+                        "opening the endpoint of partition {}: {e}",
+                        world.partition_label(id)
+                    );
+                    failed.push((id, e.to_string()));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Closes the endpoint of `partition`: ends its sessions and removes its socket file.
+    fn close(&self, partition: VmId) {
+        if let Some(open) = self.lock().remove(&partition) {
+            open.cancel.cancel();
+            if open.file == SocketFile::Owned {
+                sys::remove_socket_file(&open.path);
+            }
+        }
+    }
+
+    /// Closes every endpoint and removes the socket files hvsockd owns (on shutdown).
+    pub fn close_all(&self) {
+        for (_, open) in self.lock().drain() {
+            open.cancel.cancel();
+            if open.file == SocketFile::Owned {
+                let _ = std::fs::remove_file(&open.path);
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        partition: VmId,
+        listener: Arc<AsyncFd<OwnedFd>>,
+        cancel: CancellationToken,
+        sessions: Arc<AtomicUsize>,
+    ) {
+        let what = || format!("a client of partition {}", self.broker.world().label(partition));
+        sys::accept_loop(&listener, SocketFlags::NONBLOCK, &cancel, what, |fd| {
+            let limit = self.limits.max_sessions_per_partition;
+            if sessions.load(Ordering::Acquire) >= limit {
+                tracing::warn!(
+                    partition = %self.broker.world().label(partition),
+                    "refusing a client: the partition has {limit} sessions already",
+                );
+                self.broker
+                    .metrics()
+                    .client_error(partition, "too_many_sessions");
+                return; // dropping fd closes it
+            }
+            sessions.fetch_add(1, Ordering::AcqRel);
+            let (broker, limits) = (self.broker.clone(), self.limits);
+            let (cancel, sessions) = (cancel.child_token(), sessions.clone());
+            tokio::spawn(async move {
+                crate::session::run(broker, limits, partition, fd, cancel).await;
+                sessions.fetch_sub(1, Ordering::AcqRel);
+            });
+        })
+        .await;
+    }
+}

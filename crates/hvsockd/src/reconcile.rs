@@ -1,0 +1,124 @@
+//! What follows from the world, brought in line with it after every change: the endpoints of
+//! sandbox partitions ([`Endpoints::reconcile`]) and the guest ports of VMs
+//! ([`GuestPorts::reconcile`]).
+//!
+//! One task ([`Reconciler::run`]) watches the world's change signal (its generation, see
+//! [`crate::world`]) and makes a pass whenever it rises; a pass that left some guest port
+//! closed is tried again every [`RETRY`]. After each pass it publishes the generation it saw
+//! and the endpoints that failed. The control layer waits for that ([`Sync::settled`]) before
+//! it answers, so that an admin request's answer already holds (the partition's endpoint is
+//! there, the VM's guest ports match), and reads the failures to report them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hvsock::VmId;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::attach::ports;
+use crate::attach::sockets::GuestPorts;
+use crate::endpoint::Endpoints;
+use crate::world;
+
+/// How often a pass that could not open every guest port is tried again (e.g. a VM directory
+/// that did not exist yet).
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// What a pass did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The world's generation the pass saw.
+    pub generation: u64,
+    /// Partitions whose endpoint could not be opened, with why.
+    pub endpoint_failures: Vec<(VmId, String)>,
+    /// Whether every wanted guest port is open.
+    pub guest_ports_complete: bool,
+}
+
+/// The reconciling task's state.
+#[derive(Debug)]
+pub struct Reconciler {
+    world: Arc<world::Shared>,
+    endpoints: Arc<Endpoints>,
+    guest_ports: Arc<GuestPorts>,
+    applied: watch::Sender<Applied>,
+}
+
+/// Waits for the reconciler (held by the control layer).
+#[derive(Debug, Clone)]
+pub struct Sync {
+    world: Arc<world::Shared>,
+    applied: watch::Receiver<Applied>,
+}
+
+impl Reconciler {
+    /// For `endpoints` and `guest_ports`, following `world`.
+    pub fn new(
+        world: Arc<world::Shared>,
+        endpoints: Arc<Endpoints>,
+        guest_ports: Arc<GuestPorts>,
+    ) -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            world,
+            endpoints,
+            guest_ports,
+            applied: watch::Sender::new(Applied::default()),
+        })
+    }
+
+    /// A handle to wait for passes.
+    pub fn sync(&self) -> Sync {
+        Sync {
+            world: self.world.clone(),
+            applied: self.applied.subscribe(),
+        }
+    }
+
+    /// One pass, now (start-up runs one before serving). Must run inside the runtime.
+    pub fn pass(&self) -> Applied {
+        let generation = self.world.generation();
+        let (endpoint_failures, wanted) = {
+            let world = self.world.lock();
+            (self.endpoints.reconcile(&world), ports::wanted(&world))
+        };
+        let guest_ports_complete = self.guest_ports.reconcile(wanted);
+        let applied = Applied {
+            generation,
+            endpoint_failures,
+            guest_ports_complete,
+        };
+        self.applied.send_replace(applied.clone());
+        applied
+    }
+
+    /// Makes a pass on every change of the world until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.world.subscribe();
+        changes.mark_unchanged();
+        loop {
+            let retry = !self.applied.borrow().guest_ports_complete;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RETRY), if retry => {}
+            }
+            changes.mark_unchanged();
+            self.pass();
+        }
+    }
+}
+
+impl Sync {
+    /// Waits until a pass has seen every change made so far (asking for one), and returns
+    /// what it did.
+    pub async fn settled(&self) -> Applied {
+        let wanted = self.world.kick();
+        let mut applied = self.applied.clone();
+        match applied.wait_for(|a| a.generation >= wanted).await {
+            Ok(a) => a.clone(),
+            // The reconciler is gone: hvsockd is stopping.
+            Err(_) => Applied::default(),
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! One client's control connection to an endpoint: a small state machine.
+//!
+//! ```text
+//!  Fresh ──Connect──▶ Connector ──Connect──▶ Connector      (many requests may be outstanding)
+//!    │
+//!    └──Bind (ok)──▶ Listener ──Ack──▶ Listener              (hvsockd pushes Incoming frames)
+//! ```
+//!
+//! [`transition`] is the table: what a frame means in a state. A failed `Bind` leaves the
+//! session `Fresh`. Anything else (a frame that is not valid in the state, garbage, an oversized
+//! frame, a frame with file descriptors, or a `Fresh` session that sends nothing within the
+//! handshake timeout) is logged with the client's partition and pid, counted, answered with a
+//! best-effort `Error` frame, and ends this session only.
+//!
+//! A `Connect` goes through the [broker](crate::broker); an answer that is not known at once
+//! (a full backlog, a guest's handshake) is awaited on a task of its own, counted against
+//! `max_outstanding_connects`, so that the session serves other requests meanwhile. A bound
+//! listener's connections arrive as `Incoming` frames on the same socket
+//! ([`io::SessionSink`]).
+//!
+//! The session runs over any [`io::FrameIo`]; the partition is the endpoint's, never anything
+//! the client says.
+
+pub mod io;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hvsock::{SockAddrHv, VmId};
+use hvsock_proto::frame::MAX_BACKLOG;
+use hvsock_proto::unix::{Received, RecvError};
+use hvsock_proto::{ErrorCode, Frame, WireAddr};
+use tokio_util::sync::CancellationToken;
+
+use self::io::{FrameIo, SeqPacket, SessionSink};
+use crate::broker::{Broker, Connecting, Settled};
+use crate::config::Limits;
+use crate::listeners::{Conn, Listener};
+
+/// The session's state.
+#[derive(Debug)]
+pub enum State {
+    /// Nothing asked yet.
+    Fresh,
+    /// Has sent `Connect`.
+    Connector,
+    /// Bound.
+    Listener(Arc<Listener>),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Fresh => "fresh",
+            State::Connector => "connector",
+            State::Listener(_) => "listener",
+        }
+    }
+}
+
+/// What a frame means in a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A connect request: answer it; the session is a connector from now on.
+    Connect,
+    /// A bind request: answer it; the session is a listener if it succeeds.
+    Bind,
+    /// A listener accepted connections: free backlog slots.
+    Ack,
+    /// Not valid here: the session ends.
+    Invalid,
+}
+
+/// The table of the state machine.
+pub fn transition(state: &State, frame: &Frame) -> Transition {
+    match (state, frame) {
+        (State::Fresh | State::Connector, Frame::Connect { .. }) => Transition::Connect,
+        (State::Fresh, Frame::Bind { .. }) => Transition::Bind,
+        (State::Listener(_), Frame::Ack { .. }) => Transition::Ack,
+        _ => Transition::Invalid,
+    }
+}
+
+/// Who is on the other end, for logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The endpoint's partition.
+    pub partition: VmId,
+    /// The client's pid, if the kernel told.
+    pub pid: Option<u32>,
+}
+
+/// Serves one client session on `fd` until it ends, the partition is removed or hvsockd stops.
+pub async fn run(
+    broker: Arc<Broker>,
+    limits: Limits,
+    partition: VmId,
+    fd: OwnedFd,
+    cancel: CancellationToken,
+) {
+    match SeqPacket::new(fd) {
+        Ok(sock) => serve(broker, limits, partition, Arc::new(sock), cancel).await,
+        Err(e) => tracing::error!(%partition, "cannot register a client socket: {e}"),
+    }
+}
+
+/// Serves one client session over `sock`.
+pub async fn serve<T: FrameIo>(
+    broker: Arc<Broker>,
+    limits: Limits,
+    partition: VmId,
+    sock: Arc<T>,
+    cancel: CancellationToken,
+) {
+    let session = Session {
+        client: Client {
+            partition,
+            pid: sock.peer_pid(),
+        },
+        broker,
+        limits,
+        sock,
+        outstanding: Arc::new(AtomicUsize::new(0)),
+    };
+    let state = session.serve(cancel).await;
+    if let State::Listener(listener) = &state {
+        session.close_listener(listener);
+    }
+}
+
+struct Session<T> {
+    client: Client,
+    broker: Arc<Broker>,
+    limits: Limits,
+    sock: Arc<T>,
+    /// Connects waiting for their answer off the read loop.
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl<T: FrameIo> Session<T> {
+    fn label(&self) -> String {
+        self.broker.world().label(self.client.partition)
+    }
+
+    /// Runs the state machine until the session ends; returns the last state.
+    async fn serve(&self, cancel: CancellationToken) -> State {
+        let mut state = State::Fresh;
+        let handshake = tokio::time::sleep(self.limits.handshake_timeout);
+        tokio::pin!(handshake);
+        loop {
+            let fresh = matches!(state, State::Fresh);
+            let received = tokio::select! {
+                () = cancel.cancelled() => return state,
+                () = &mut handshake, if fresh => {
+                    tracing::warn!(
+                        partition = %self.label(), pid = ?self.client.pid,
+                        "client sent nothing within {:?}; dropping it", self.limits.handshake_timeout
+                    );
+                    self.broker.metrics().client_error(self.client.partition, "idle");
+                    return state;
+                }
+                received = self.sock.recv() => received,
+            };
+            let frame = match received {
+                Ok(Received { frame, .. }) => frame,
+                Err(e) if e.is_disconnect() => return state,
+                Err(e) => {
+                    let reason = match &e {
+                        RecvError::Oversized => "oversized",
+                        RecvError::Fds { .. } | RecvError::FdsTruncated => "fds",
+                        RecvError::Decode(_) => "garbage",
+                        _ => "io",
+                    };
+                    self.drop_client(reason, &e.to_string());
+                    return state;
+                }
+            };
+            state = match (transition(&state, &frame), frame) {
+                (
+                    Transition::Connect,
+                    Frame::Connect {
+                        req,
+                        target,
+                        timeout_ms,
+                    },
+                ) => {
+                    self.connect(req, target, timeout_ms).await;
+                    State::Connector
+                }
+                (Transition::Bind, Frame::Bind { req, addr, backlog }) => {
+                    match self.bind(req, addr, backlog) {
+                        Some(listener) => State::Listener(listener),
+                        None => State::Fresh,
+                    }
+                }
+                (Transition::Ack, Frame::Ack { count }) => {
+                    if let State::Listener(listener) = &state {
+                        listener.ack(count);
+                    }
+                    state
+                }
+                (_, frame) => {
+                    let why = format!(
+                        "a {} frame is not valid in a {} session",
+                        frame.kind_name(),
+                        state.name()
+                    );
+                    if let State::Listener(listener) = &state {
+                        self.close_listener(listener);
+                    }
+                    self.drop_client("protocol", &why);
+                    return State::Fresh;
+                }
+            };
+        }
+    }
+
+    fn close_listener(&self, listener: &Listener) {
+        self.broker.world().lock().unbind(listener);
+        listener.close();
+        tracing::debug!(id = listener.id, addr = ?listener.addr, "listener closed");
+    }
+
+    fn drop_client(&self, reason: &'static str, why: &str) {
+        tracing::warn!(
+            partition = %self.label(), pid = ?self.client.pid, reason,
+            "dropping client: {why}"
+        );
+        self.broker
+            .metrics()
+            .client_error(self.client.partition, reason);
+        // Best effort: tell the client why, without waiting on a client that does not read.
+        let frame = Frame::Error {
+            req: 0,
+            code: ErrorCode::Protocol,
+            message: format!("hvsockd closed this connection: {why}"),
+        };
+        let _ = self.sock.try_send(&frame, None);
+    }
+
+    /// Answers a bind; the listener if it is bound.
+    fn bind(&self, req: u32, addr: WireAddr, backlog: u32) -> Option<Arc<Listener>> {
+        let addr = SockAddrHv::from(addr);
+        let refuse = |code, message: String| {
+            let frame = Frame::Error { req, code, message };
+            let _ = self.sock.try_send(&frame, None);
+            None
+        };
+        if backlog == 0 || backlog > MAX_BACKLOG {
+            return refuse(
+                ErrorCode::InvalidInput,
+                format!("backlog {backlog} is out of range (1 to {MAX_BACKLOG})"),
+            );
+        }
+        // Bound goes out under the world lock, before any connector can find the listener, so
+        // that the client reads Bound before any Incoming.
+        let partition = self.client.partition;
+        let sink = Arc::new(SessionSink(self.sock.clone()));
+        let mut world = self.broker.world().lock();
+        match world.bind(partition, addr, backlog, self.client.pid, sink) {
+            Ok(listener) => {
+                let frame = Frame::Bound {
+                    req,
+                    local: addr.into(),
+                };
+                if let Err(e) = self.sock.try_send(&frame, None) {
+                    world.unbind(&listener);
+                    tracing::debug!("client left before its bind was answered: {e}");
+                    return None;
+                }
+                tracing::debug!(
+                    partition = %world.partition_label(partition), pid = ?self.client.pid,
+                    addr = ?addr, backlog, "listener bound"
+                );
+                Some(listener)
+            }
+            Err(refused) => {
+                let key = world.service_key(addr.service_id);
+                drop(world);
+                self.broker
+                    .metrics()
+                    .bind_refused(partition, key, refused.reason);
+                refuse(refused.code, refused.message)
+            }
+        }
+    }
+
+    /// Answers a connect: at once, or from a task of its own when the answer comes later.
+    async fn connect(&self, req: u32, target: WireAddr, timeout_ms: u32) {
+        let started = Instant::now();
+        if self.outstanding.load(Ordering::Acquire) >= self.limits.max_outstanding_connects {
+            let message = format!(
+                "{} connects are already outstanding on this control connection",
+                self.limits.max_outstanding_connects
+            );
+            reply_error(&*self.sock, req, ErrorCode::Busy, &message).await;
+            return;
+        }
+        if timeout_ms == 0 || timeout_ms > hvsock::addr::HVSOCKET_CONNECT_TIMEOUT_MAX {
+            let message = format!(
+                "connect timeout {timeout_ms} ms is out of range (1 to {})",
+                hvsock::addr::HVSOCKET_CONNECT_TIMEOUT_MAX
+            );
+            reply_error(&*self.sock, req, ErrorCode::InvalidInput, &message).await;
+            return;
+        }
+        let timeout = Duration::from_millis(timeout_ms.into());
+        let target = SockAddrHv::from(target);
+        match self
+            .broker
+            .connect(self.client.partition, target, Conn::Pair, timeout, started)
+        {
+            Connecting::Now(settled) => answer(&self.broker, &*self.sock, req, settled).await,
+            Connecting::Later(pending) => {
+                self.outstanding.fetch_add(1, Ordering::AcqRel);
+                let (broker, sock) = (self.broker.clone(), self.sock.clone());
+                let outstanding = self.outstanding.clone();
+                tokio::spawn(async move {
+                    answer(&broker, &*sock, req, pending.await).await;
+                    outstanding.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
+    }
+}
+
+async fn reply_error(sock: &impl FrameIo, req: u32, code: ErrorCode, message: &str) {
+    let frame = Frame::Error {
+        req,
+        code,
+        message: message.to_owned(),
+    };
+    let _ = sock.send(&frame, None).await;
+}
+
+/// Answers a settled connect; counts it as established once the connector has its end.
+async fn answer(broker: &Broker, sock: &impl FrameIo, req: u32, settled: Settled) {
+    match (&settled.result, settled.local, settled.peer) {
+        (Ok(end), Some(local), Some(peer)) => {
+            let frame = Frame::Connected {
+                req,
+                local: local.into(),
+                peer: peer.into(),
+            };
+            match sock.send(&frame, end.as_ref().map(|e| e.as_fd())).await {
+                Ok(()) => broker.established(&settled),
+                Err(e) => tracing::debug!("connector left before its answer: {e}"),
+            }
+        }
+        (Err(refused), _, _) => reply_error(sock, req, refused.code, &refused.message).await,
+        (Ok(_), _, _) => {
+            tracing::error!("a connect settled without addresses");
+            reply_error(sock, req, ErrorCode::Internal, "internal error").await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
