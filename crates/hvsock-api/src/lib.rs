@@ -217,9 +217,10 @@ pub struct Service {
     /// Its own policy; `None`: the default applies.
     #[serde(default)]
     pub policy: Option<Policy>,
-    /// The policy that applies (its own, else the default).
+    /// The policy that applies (its own, else the default); hvsockd always sends it (`None`
+    /// only from an hvsockd older than policies).
     #[serde(default)]
-    pub effective_policy: Policy,
+    pub effective_policy: Option<Policy>,
 }
 
 /// A partition: `GET /v1/partitions/{id-or-name}`.
@@ -552,7 +553,7 @@ mod tests {
         let id = "00000ac9-facb-11e6-bd58-64006a7986d3";
         let json = format!(r#"{{"id": "{id}", "name": "echo", "enabled": true, "new": 1}}"#);
         let s: Service = serde_json::from_str(&json).expect("lenient");
-        assert_eq!(s.effective_policy, Policy::default());
+        assert_eq!(s.effective_policy, None);
         let out = serde_json::to_value(&s).expect("json");
         assert_eq!(out["vsock_port"], serde_json::Value::Null);
         assert!(out.get("new").is_none());

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use crate::config::{self, Config, LogFormat, Overrides};
 use crate::server::{ServeError, Server};
-use crate::sys::activation::{ActivationError, ListenFds, Notifier};
 use crate::sys;
+use crate::sys::activation::{ActivationError, ListenFds, Notifier};
 
 /// What to do, from the command line.
 #[derive(Debug)]

@@ -163,16 +163,17 @@ impl Server {
     /// binding those.
     pub async fn bind_with(config: Config, listen_fds: ListenFds) -> Result<Server, ServeError> {
         let inherited = activation::classify(listen_fds)?;
-        let group =
-            match &config.socket_group {
-                None => None,
-                Some(name) => Some(sys::lookup_group(name).map_err(|source| {
-                    ServeError::SocketGroup {
+        let group = match &config.socket_group {
+            None => None,
+            Some(name) => {
+                Some(
+                    sys::lookup_group(name).map_err(|source| ServeError::SocketGroup {
                         group: name.clone(),
                         source,
-                    }
-                })?),
-            };
+                    })?,
+                )
+            }
+        };
         let dirs = config.dirs;
         create_dir(&dirs.state, 0o755)?;
         create_dir(&dirs.run, 0o755)?;

@@ -97,7 +97,7 @@ fn table(partitions: &[Partition]) -> Table {
         table.row([
             p.name.clone(),
             p.id.to_string(),
-            p.kind.clone(),
+            p.kind.to_string(),
             or_dash(parent),
             p.sessions.to_string(),
             p.listeners.to_string(),
@@ -123,7 +123,7 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
     fields
         .field("name", &p.name)
         .field("id", p.id)
-        .field("kind", &p.kind)
+        .field("kind", p.kind)
         .field("parent", or_dash(parent))
         .field("children", or_dash(children))
         .field(

@@ -178,10 +178,7 @@ pub async fn import_registry(
 ) -> ApiResult<Json<ImportReport>> {
     let Query(params) = params?;
     let Json(doc) = body?;
-    let report = api
-        .control
-        .import(doc, params.mode, params.dry_run)
-        .await?;
+    let report = api.control.import(doc, params.mode, params.dry_run).await?;
     Ok(Json(report))
 }
 

@@ -50,7 +50,7 @@
 //! partition may connect). A service without a policy of its own that is given one starts
 //! from the default policy that applied to it.
 
-mod handlers;
+pub mod handlers;
 pub mod http;
 pub mod views;
 
@@ -195,3 +195,6 @@ pub fn router(api: Api) -> Router {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod schemas;

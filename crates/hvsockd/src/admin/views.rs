@@ -61,7 +61,10 @@ pub fn service(api: &Api, s: &ServiceRecord) -> Service {
         listeners: listeners as u64,
         created_at: s.created_at,
         policy: s.policy.as_ref().map(|p| policy(&world, p)),
-        effective_policy: policy(&world, s.policy.as_ref().unwrap_or(world.default_policy())),
+        effective_policy: Some(policy(
+            &world,
+            s.policy.as_ref().unwrap_or(world.default_policy()),
+        )),
     }
 }
 

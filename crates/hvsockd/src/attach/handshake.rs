@@ -21,7 +21,6 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between handshake tries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-
 /// Why a handshake cannot succeed by trying again.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {

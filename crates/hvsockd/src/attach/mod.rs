@@ -48,7 +48,7 @@
 //! hvsockd listens on `PATH_<port>` exactly while the guest could be served there: a listener
 //! in the VM's parent partition is bound to the vsock-template service of that port with a
 //! pattern that accepts the VM, and the service is registered and enabled ([`ports::wanted_ports`],
-//! the same [`router::decide`] every connect goes through). So a guest connecting to a closed,
+//! the same [`crate::router::decide`] every connect goes through). So a guest connecting to a closed,
 //! disabled or unregistered service meets no socket and is refused by its VMM, instead of being
 //! accepted and dropped. [`sockets::GuestPorts::reconcile`] opens and closes the sockets to match;
 //! it runs whenever the world changes (bind, unbind, services, partitions, start-up), driven by

@@ -14,7 +14,6 @@ use crate::world::World;
 /// The longest hybrid-vsock path: `PATH_4294967295` must fit in a Unix socket address.
 pub const MAX_PATH_LEN: usize = 107 - "_4294967295".len();
 
-
 /// The guest ports on which `vm` must be served: template services for which `router::decide`
 /// finds a listener when `vm` connects to `(PARENT, service)`.
 ///

@@ -263,7 +263,13 @@ fn listen(file: &Path, path: &Path) -> io::Result<AsyncFd<OwnedFd>> {
                 "cannot give {} to uid {uid} gid {gid} (the owner of its directory): {e}; a VMM running as that user may not reach it",
                 file.display(),
             );
-            sys::listen_unix(file, SocketSpec { owner: None, ..spec })?
+            sys::listen_unix(
+                file,
+                SocketSpec {
+                    owner: None,
+                    ..spec
+                },
+            )?
         }
         other => other?,
     };

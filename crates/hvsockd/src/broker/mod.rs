@@ -118,7 +118,11 @@ impl Broker {
 
     /// Serves the guest of VM `vm` through `transport` for as long as the returned `Arc` (kept
     /// by the caller, e.g. a device process's session) lives.
-    pub fn serve_guest(&self, vm: VmId, transport: Arc<dyn GuestTransport>) -> Arc<dyn GuestTransport> {
+    pub fn serve_guest(
+        &self,
+        vm: VmId,
+        transport: Arc<dyn GuestTransport>,
+    ) -> Arc<dyn GuestTransport> {
         self.guests
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -77,7 +77,10 @@ async fn a_full_backlog_answers_later_when_a_slot_frees_or_the_time_is_up() {
     let s = later(pending).await;
     assert_eq!(refused(&s), ("listener_closed", ErrorCode::Refused));
     let c = f.counts("box", "echo").unwrap();
-    assert_eq!((c.refused["timed_out"], c.refused["listener_closed"]), (1, 1));
+    assert_eq!(
+        (c.refused["timed_out"], c.refused["listener_closed"]),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -91,7 +94,10 @@ fn a_guest_is_refused_what_it_cannot_take() {
     let s = now(connect(&f, f.root, f.vm, f.guid, Conn::Pair));
     assert_eq!(refused(&s), ("not_template", ErrorCode::Unsupported));
     let message = s.result.unwrap_err().message;
-    assert!(message.contains("guid (") && message.contains("VM vm"), "{message}");
+    assert!(
+        message.contains("guid (") && message.contains("VM vm"),
+        "{message}"
+    );
 }
 
 /// A transport that accepts (`true`) or refuses every connect.
@@ -103,7 +109,9 @@ impl GuestTransport for Answers {
         let accept = self.0;
         Box::pin(async move {
             if accept && port == 2761 {
-                Ok(stream_pair().map_err(|e| Refused::new(ErrorCode::Internal, "x", e.to_string()))?.0)
+                Ok(stream_pair()
+                    .map_err(|e| Refused::new(ErrorCode::Internal, "x", e.to_string()))?
+                    .0)
             } else {
                 Err(Refused::new(ErrorCode::Refused, "vm_refused", "no"))
             }

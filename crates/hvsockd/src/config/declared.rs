@@ -338,4 +338,3 @@ fn resolve_policy(doc: &Export, entry: &PolicyEntry) -> Result<Policy, String> {
         wildcard_bind: entry.wildcard_bind.unwrap_or(true),
     })
 }
-

@@ -37,9 +37,9 @@
 //!
 //! - this module: [`Config`] (how hvsockd runs), its [`Limits`], and [`Config::resolve`], the
 //!   merge of the file and the command line (flags win);
-//! - [`file`]: the TOML file as written and its checks ([`file::Loaded`]);
+//! - [`mod@file`]: the TOML file as written and its checks ([`file::Loaded`]);
 //! - [`declared`]: the services and partitions it declares, ensured in the registry at start;
-//! - [`check`]: `hvsockd --check`'s report.
+//! - [`mod@check`]: `hvsockd --check`'s report.
 //!
 //! [`Declared::apply`] does it in one registry transaction (an import in merge mode, see
 //! [`crate::registry::Registry::import`]); [`Declared::plan`] says what it would do, for
@@ -120,7 +120,6 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
-
 
 impl LogFormat {
     /// Its name in the file and on the command line.

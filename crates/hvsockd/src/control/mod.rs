@@ -159,10 +159,7 @@ impl Control {
     }
 
     /// Registers a service; `Added::Existing` if the same one was there.
-    pub async fn add_service(
-        self: &Arc<Self>,
-        new: NewService,
-    ) -> Result<(ServiceRecord, Added)> {
+    pub async fn add_service(self: &Arc<Self>, new: NewService) -> Result<(ServiceRecord, Added)> {
         check_name(hvsock::addr::check_service_name(&new.name))?;
         let id = match (new.id, new.port) {
             (Some(_), Some(_)) => {
@@ -340,7 +337,11 @@ impl Control {
                 );
             }
         } else {
-            if let Some((_, e)) = applied.endpoint_failures.iter().find(|(p, _)| *p == record.id) {
+            if let Some((_, e)) = applied
+                .endpoint_failures
+                .iter()
+                .find(|(p, _)| *p == record.id)
+            {
                 return Err(ControlError::Internal(format!(
                     "the partition was added, but its endpoint could not be opened: {e}"
                 )));

@@ -164,7 +164,10 @@ impl Endpoints {
         if let Some(previous) = previous {
             previous.cancel.cancel();
         }
-        tokio::spawn(self.clone().accept_loop(partition, listener, cancel, sessions));
+        tokio::spawn(
+            self.clone()
+                .accept_loop(partition, listener, cancel, sessions),
+        );
     }
 
     /// Opens and closes endpoints to match `world`: returns the partitions whose endpoint could
@@ -184,7 +187,8 @@ impl Endpoints {
             .find(|(_, o)| o.role == Role::Root)
             .map(|(&id, _)| id);
         if let Some(old) = old_root.filter(|&old| old != root) {
-            if let Some(open) = self.lock().remove(&old) {
+            let open = self.lock().remove(&old);
+            if let Some(open) = open {
                 open.cancel.cancel();
                 self.start(root, Role::Root, open.path, open.listener, open.file);
             }
@@ -245,7 +249,12 @@ impl Endpoints {
         cancel: CancellationToken,
         sessions: Arc<AtomicUsize>,
     ) {
-        let what = || format!("a client of partition {}", self.broker.world().label(partition));
+        let what = || {
+            format!(
+                "a client of partition {}",
+                self.broker.world().label(partition)
+            )
+        };
         sys::accept_loop(&listener, SocketFlags::NONBLOCK, &cancel, what, |fd| {
             let limit = self.limits.max_sessions_per_partition;
             if sessions.load(Ordering::Acquire) >= limit {

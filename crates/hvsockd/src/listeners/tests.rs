@@ -25,7 +25,9 @@ impl Sink for TestSink {
     fn deliver(&self, _: WireAddr, _: WireAddr, fd: OwnedFd) -> Result<(), Undeliverable> {
         let mut s = self.state();
         if s.gone {
-            return Err(Undeliverable::Gone(io::Error::from(io::ErrorKind::BrokenPipe)));
+            return Err(Undeliverable::Gone(io::Error::from(
+                io::ErrorKind::BrokenPipe,
+            )));
         }
         if s.full {
             return Err(Undeliverable::Full(fd));

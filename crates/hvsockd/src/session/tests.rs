@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::testing::{Fixture, fixture};
-use hvsock_proto::unix::{seqpacket_pair, send_message, stream_pair};
+use hvsock_proto::unix::{send_message, seqpacket_pair, stream_pair};
 
 const KINDS: [&str; 7] = [
     "Connect",
@@ -101,7 +101,10 @@ async fn recv(c: &Client) -> Option<Frame> {
 
 async fn send(c: &Client, frame: &Frame) {
     let fd = frame.carries_fd().then(|| stream_pair().unwrap().0);
-    c.sock.send(frame, fd.as_ref().map(|f| f.as_fd())).await.unwrap();
+    c.sock
+        .send(frame, fd.as_ref().map(|f| f.as_fd()))
+        .await
+        .unwrap();
 }
 
 async fn start(f: &Fixture, start: Start, limits: Limits) -> Client {
@@ -170,8 +173,14 @@ async fn every_state_and_frame_over_a_socket_pair() {
                         Duration::from_secs(1),
                         Instant::now(),
                     );
-                    assert!(matches!(conn, Connecting::Now(Settled { result: Ok(_), .. })), "{what}");
-                    assert!(matches!(recv(&c).await, Some(Frame::Incoming { .. })), "{what}");
+                    assert!(
+                        matches!(conn, Connecting::Now(Settled { result: Ok(_), .. })),
+                        "{what}"
+                    );
+                    assert!(
+                        matches!(recv(&c).await, Some(Frame::Incoming { .. })),
+                        "{what}"
+                    );
                 }
                 _ => {
                     let Some(Frame::Error { req, code, message }) = recv(&c).await else {
@@ -182,7 +191,11 @@ async fn every_state_and_frame_over_a_socket_pair() {
                     assert!(recv(&c).await.is_none(), "{what}: not closed");
                     c.task.await.unwrap();
                     assert_eq!(listeners(&f), 0, "{what}: the listener stays bound");
-                    let errors = f.broker.metrics().stats(&f.broker.world().lock()).client_errors;
+                    let errors = f
+                        .broker
+                        .metrics()
+                        .stats(&f.broker.world().lock())
+                        .client_errors;
                     assert_eq!(errors["box"]["protocol"], 1, "{what}");
                     continue;
                 }
@@ -190,7 +203,11 @@ async fn every_state_and_frame_over_a_socket_pair() {
             // The valid pairs leave the session serving until the client leaves.
             drop(c.sock);
             c.task.await.unwrap();
-            assert_eq!(listeners(&f), 0, "{what}: the listener outlived its session");
+            assert_eq!(
+                listeners(&f),
+                0,
+                "{what}: the listener outlived its session"
+            );
         }
     }
 }
@@ -222,7 +239,11 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
     };
     let c = start(&f, Start::Fresh, limits).await;
     assert!(recv(&c).await.is_none());
-    let errors = f.broker.metrics().stats(&f.broker.world().lock()).client_errors;
+    let errors = f
+        .broker
+        .metrics()
+        .stats(&f.broker.world().lock())
+        .client_errors;
     assert_eq!(errors["box"]["idle"], 1);
 }
 
@@ -244,7 +265,11 @@ async fn garbage_and_stray_descriptors_end_the_session_with_their_reason() {
             })
         ));
         assert!(recv(&c).await.is_none());
-        let errors = f.broker.metrics().stats(&f.broker.world().lock()).client_errors;
+        let errors = f
+            .broker
+            .metrics()
+            .stats(&f.broker.world().lock())
+            .client_errors;
         assert_eq!(errors["box"][reason], 1, "{reason}");
     }
 }

@@ -141,13 +141,8 @@ fn bound_socket(at: &Path, spec: SocketSpec) -> io::Result<OwnedFd> {
     std::fs::set_permissions(at, std::fs::Permissions::from_mode(spec.mode))
         .map_err(|e| context("setting the mode of", at, e))?;
     if let Some((uid, gid)) = spec.owner {
-        std::os::unix::fs::chown(at, uid, gid).map_err(|e| {
-            context(
-                &format!("giving uid {uid:?} gid {gid:?} to"),
-                at,
-                e,
-            )
-        })?;
+        std::os::unix::fs::chown(at, uid, gid)
+            .map_err(|e| context(&format!("giving uid {uid:?} gid {gid:?} to"), at, e))?;
     }
     Ok(sock)
 }

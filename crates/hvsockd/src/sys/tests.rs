@@ -120,7 +120,10 @@ fn a_0600_socket_is_never_connectable_by_another_user() {
     }
     done.store(true, Ordering::Release);
     let (tries, connected, loose, control) = prober.join().unwrap();
-    assert_eq!(control, 1, "the probe never reached the 0666 control socket");
+    assert_eq!(
+        control, 1,
+        "the probe never reached the 0666 control socket"
+    );
     assert!(tries > 100, "only {tries} probes");
     assert_eq!(connected, 0, "another user connected {connected} times");
     assert_eq!(loose, 0, "another user saw a looser mode {loose} times");

@@ -71,7 +71,10 @@ impl World {
         service: ServiceId,
         rule: PolicyRule,
     ) -> Refused {
-        let name = self.service(service).map(|s| s.name.clone()).unwrap_or_default();
+        let name = self
+            .service(service)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         let rule_text = self.rule_text(self.effective_policy(service), rule);
         let (reason, message) = match rule {
             PolicyRule::WildcardBind => (
@@ -123,7 +126,8 @@ impl World {
                 ),
             ),
             Refusal::Disabled => {
-                let name = self.service(service)
+                let name = self
+                    .service(service)
                     .map(|s| s.name.clone())
                     .unwrap_or_default();
                 Refused::new(
@@ -136,7 +140,8 @@ impl World {
             }
             Refusal::Policy(rule) => {
                 let policy = self.effective_policy(service);
-                let name = self.service(service)
+                let name = self
+                    .service(service)
                     .map(|s| s.name.clone())
                     .unwrap_or_else(|| service.to_string());
                 let rule_text = self.rule_text(policy, rule);
@@ -149,7 +154,7 @@ impl World {
                         ),
                     ),
                     PolicyRule::Bind | PolicyRule::WildcardBind => {
-                        let dest = router::destination(&self.topology(), from, vm).unwrap_or(from);
+                        let dest = router::destination(self.topology(), from, vm).unwrap_or(from);
                         let what = if rule == PolicyRule::Bind {
                             format!("partition {} may not serve it", self.partition_label(dest))
                         } else {
@@ -172,7 +177,7 @@ impl World {
                 Refused::new(ErrorCode::Denied, reason, message)
             }
             Refusal::NothingListens => {
-                let dest = router::destination(&self.topology(), from, vm).unwrap_or(from);
+                let dest = router::destination(self.topology(), from, vm).unwrap_or(from);
                 Refused::new(
                     ErrorCode::Refused,
                     "nothing_listens",
