@@ -236,8 +236,10 @@ impl Vm {
         loop {
             self.note_pids();
             let serial = self.serial();
+            // Whole lines only: QEMU may be writing the last one as we read.
             if let Some(rest) = serial
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .find_map(|l| l.trim_start().strip_prefix(prefix))
             {
                 return rest.trim().to_owned();
