@@ -117,6 +117,26 @@ pub enum Command {
     /// Export or import the whole registry (services, policies, partitions).
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Run a command in a guest or sandbox through its hvsock-agent (VM session service).
+    ///
+    /// stdout and stderr are kept apart, stdin is streamed, Ctrl-C and SIGTERM are forwarded;
+    /// --tty runs it on a pseudo-terminal. Exit status: the command's, 128+N for death by
+    /// signal N, 127 not found, 126 not executable, 255 when hvsock itself failed.
+    #[cfg(unix)]
+    Exec(crate::cmd::exec::ExecArgs),
+    /// Open a login shell in a guest or sandbox on a terminal (hvsock exec --tty, the user's
+    /// shell).
+    #[cfg(unix)]
+    Shell(crate::cmd::exec::ShellArgs),
+    /// Copy files and directories in and out of a guest or sandbox: one side is VM:/path.
+    #[cfg(unix)]
+    Cp(crate::cmd::cp::CpArgs),
+    /// OpenSSH ProxyCommand: connect to VM's vsock port and hand ssh the socket.
+    ///
+    /// In ssh_config: `Host hvsock/*`, `ProxyCommand hvsock ssh-proxy %h %p`,
+    /// `ProxyUseFdpass yes` (packaging/ssh/hvsock.conf); then `ssh hvsock/VM`.
+    #[cfg(unix)]
+    SshProxy(crate::cmd::ssh_proxy::SshProxyArgs),
 }
 
 /// `hvsock registry …`.
@@ -356,6 +376,10 @@ pub enum VmCommand {
     Rename(VmRenameArgs),
     /// List a partition's direct children.
     Children(ShowArgs),
+    /// Shut a guest down cleanly through its init (its hvsock-agent), and wait until it has
+    /// gone.
+    #[cfg(unix)]
+    Shutdown(crate::cmd::vm_shutdown::ShutdownArgs),
 }
 
 /// An address as typed and as parsed.
@@ -377,6 +401,10 @@ pub struct ListenArgs {
     /// stdout (whole chunks, never mixed mid-chunk), close each when its peer half-closes.
     #[arg(long)]
     pub keep: bool,
+    /// With --keep: run CMD (with `sh -c`) for each connection, the socket as its stdin
+    /// and stdout, like inetd or systemd's Accept=yes (HVSOCK_PEER names the peer).
+    #[arg(long, value_name = "CMD", requires = "keep")]
+    pub exec: Option<String>,
     /// With --keep: how many connections to serve at once; more wait in the backlog.
     #[arg(long, value_name = "N", default_value_t = 256, requires = "keep",
           value_parser = clap::value_parser!(u32).range(1..=65536))]

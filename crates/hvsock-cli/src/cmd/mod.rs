@@ -7,18 +7,32 @@
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats` and `hvsock listeners`
 //! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
+//! - [`exec`], [`cp`], [`vm_shutdown`] (with [`agent`]): the integration services' commands
+//! - [`listen_exec`]: `hvsock listen --keep --exec`; [`ssh_proxy`]: `hvsock ssh-proxy`
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
 //! a [`CliError`] on failure; they never print errors themselves, so that every failure looks
 //! the same (`hvsock: <what was being done>: <why>`, exit 1).
 
 pub mod addr;
+#[cfg(unix)]
+pub mod agent;
+#[cfg(unix)]
+pub mod cp;
+#[cfg(unix)]
+pub mod exec;
 pub mod generate;
+#[cfg(unix)]
+pub mod listen_exec;
 pub mod net;
 pub mod registry;
 pub mod service;
+#[cfg(unix)]
+pub mod ssh_proxy;
 pub mod stats;
 pub mod vm;
+#[cfg(unix)]
+pub mod vm_shutdown;
 
 use std::io::{self, Write};
 
@@ -125,6 +139,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Registry(cmd) => registry::run(&ctx, cmd, out),
         Command::Completions { shell } => generate::completions(shell, out),
         Command::Man { output } => generate::man(output.as_deref(), out),
+        #[cfg(unix)]
+        Command::Exec(args) => exec::exec(&ctx, args),
+        #[cfg(unix)]
+        Command::Shell(args) => exec::shell(&ctx, args),
+        #[cfg(unix)]
+        Command::Cp(args) => cp::run(&ctx, args),
+        #[cfg(unix)]
+        Command::SshProxy(args) => ssh_proxy::run(&ctx, args),
     }
 }
 

@@ -31,7 +31,7 @@ use crate::resolve::{resolve, transport};
 const KEEP_BACKLOG: u32 = hvsock::DEFAULT_BACKLOG;
 
 /// Says something on stderr (`-v`).
-fn tell(message: std::fmt::Arguments<'_>) {
+pub(crate) fn tell(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(io::stderr(), "hvsock: {message}");
 }
 
@@ -104,6 +104,16 @@ pub fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
         }
         return Ok(copy::duplex(stream)?);
     }
+    #[cfg(unix)]
+    if let Some(command) = &args.exec {
+        return super::listen_exec::serve(
+            &listener,
+            command,
+            &what,
+            args.max_connections,
+            args.verbose,
+        );
+    }
     let gate = Gate::new(args.max_connections);
     loop {
         let permit = gate.acquire();
@@ -141,24 +151,24 @@ fn serve_one(stream: HvStream, peer: SockAddrHv, verbose: bool, permit: Permit) 
 
 /// Bounds the connections `--keep` serves at once.
 #[derive(Debug)]
-struct Gate {
+pub(crate) struct Gate {
     free: Mutex<u32>,
     freed: Condvar,
 }
 
 /// One connection's place; given back when dropped.
 #[derive(Debug)]
-struct Permit(Arc<Gate>);
+pub(crate) struct Permit(Arc<Gate>);
 
 impl Gate {
-    fn new(max: u32) -> Arc<Gate> {
+    pub(crate) fn new(max: u32) -> Arc<Gate> {
         Arc::new(Gate {
             free: Mutex::new(max),
             freed: Condvar::new(),
         })
     }
 
-    fn acquire(self: &Arc<Gate>) -> Permit {
+    pub(crate) fn acquire(self: &Arc<Gate>) -> Permit {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         while *free == 0 {
             free = self

@@ -32,6 +32,8 @@ pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), Cli
         VmCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
         VmCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
         VmCommand::Children(args) => children(ctx, &args.key, args.json, out),
+        #[cfg(unix)]
+        VmCommand::Shutdown(args) => super::vm_shutdown::run(ctx, args, out),
     }
 }
 
