@@ -82,6 +82,14 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// Builds `hvsock-agent` (once per process) like [`bins`] and returns its path.
+pub fn agent_bin() -> &'static Path {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        cargo_build(&["--bins", "-p", "hvsock-agent"], "hvsock-agent").join("hvsock-agent")
+    })
+}
+
 /// Builds the root package's examples (once per process) with the same cargo, profile and
 /// target directory as the tests, as [`bins`] does for the binaries, and returns the
 /// directory that holds them (`target/<profile>/examples`).

@@ -243,7 +243,7 @@ pub fn serve(stream: &hvsock::HvStream, action: &Action) -> Result<String, WireE
         Ok(planned) => planned,
         Err(refusal) => {
             wire::write_frame(&mut conn, &refusal.frame())?;
-            return Err(WireError::Invalid(refusal.message));
+            return Err(WireError::Refused(refusal));
         }
     };
     wire::write_frame(&mut conn, &Frame::json(ACCEPTED, &Accepted { how: how.clone() }))?;

@@ -80,7 +80,8 @@ impl RawMode {
         let saved = rustix::termios::tcgetattr(&fd)?;
         let mut raw = saved.clone();
         raw.make_raw();
-        rustix::termios::tcsetattr(&fd, OptionalActions::Flush, &raw)?;
+        // Now, not Flush: keys typed ahead of the session stay and reach the guest.
+        rustix::termios::tcsetattr(&fd, OptionalActions::Now, &raw)?;
         Ok(RawMode { fd, saved })
     }
 }

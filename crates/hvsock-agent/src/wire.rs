@@ -131,15 +131,20 @@ pub enum WireError {
     /// The peer ended the session with an Error frame.
     #[error("{}", .0.message)]
     Remote(RemoteError),
+    /// This side refused the peer and has told it so (an Error frame was sent).
+    #[error("refused: {}", .0.message)]
+    Refused(RemoteError),
 }
 
 impl WireError {
     /// The error to send the peer about this failure, if it is worth telling.
     pub fn to_remote(&self) -> Option<RemoteError> {
         match self {
-            WireError::Io(_) | WireError::Closed(_) | WireError::Truncated | WireError::Remote(_) => {
-                None
-            }
+            WireError::Io(_)
+            | WireError::Closed(_)
+            | WireError::Truncated
+            | WireError::Remote(_)
+            | WireError::Refused(_) => None,
             other => Some(RemoteError::new(ErrorKind::Protocol, other.to_string())),
         }
     }
@@ -452,7 +457,7 @@ pub fn server_hello(
         }
         Err(refusal) => {
             let _ = write_frame(stream, &refusal.frame());
-            Err(WireError::Invalid(refusal.message))
+            Err(WireError::Refused(refusal))
         }
     }
 }
