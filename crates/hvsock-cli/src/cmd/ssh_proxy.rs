@@ -1,15 +1,16 @@
 //! `hvsock ssh-proxy HOST [PORT]`: an OpenSSH `ProxyCommand` that connects to a partition's
 //! vsock port (22 by default, systemd's `sshd-vsock.socket` convention) and hands ssh the
 //! connected kernel socket (`ProxyUseFdpass yes`), so that ssh talks to the guest's sshd with
-//! nothing in between. HOST is `hvsock/VM` (or just VM). Without fd passing (stdout is not a
+//! nothing in between. HOST is `hvsock/VM`, `hvsock%VM` (scp reads a `/` before the colon as a
+//! local path) or just VM. Without fd passing (stdout is not a
 //! Unix socket) it copies bytes like `hvsock connect`.
 //!
 //! The shipped `packaging/ssh/hvsock.conf` (install it as
-//! `/etc/ssh/ssh_config.d/20-hvsock.conf`) makes `ssh hvsock/VM`, `scp` and `rsync -e ssh`
-//! work:
+//! `/etc/ssh/ssh_config.d/20-hvsock.conf`) makes `ssh hvsock/VM`, `scp FILE hvsock%VM:PATH`
+//! and `rsync -e ssh` work:
 //!
 //! ```text
-//! Host hvsock/*
+//! Host hvsock/* hvsock%*
 //!     ProxyCommand hvsock ssh-proxy %h %p
 //!     ProxyUseFdpass yes
 //!     CheckHostIP no
@@ -42,9 +43,12 @@ pub struct SshProxyArgs {
     pub timeout: u64,
 }
 
-/// The partition named by ssh's host: `hvsock/VM` or `VM`.
+/// The partition named by ssh's host: `hvsock/VM`, `hvsock%VM` (for scp, which reads a `/`
+/// before the colon as a local path) or `VM`.
 pub fn vm_of_host(host: &str) -> &str {
-    host.strip_prefix("hvsock/").unwrap_or(host)
+    host.strip_prefix("hvsock/")
+        .or_else(|| host.strip_prefix("hvsock%"))
+        .unwrap_or(host)
 }
 
 /// Runs `ssh-proxy`.
@@ -85,6 +89,7 @@ mod tests {
     #[test]
     fn ssh_hosts_name_partitions() {
         assert_eq!(vm_of_host("hvsock/vm1"), "vm1");
+        assert_eq!(vm_of_host("hvsock%vm1"), "vm1");
         assert_eq!(vm_of_host("vm1"), "vm1");
     }
 }
