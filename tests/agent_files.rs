@@ -60,7 +60,10 @@ fn make_tree(root: &Path) {
 #[test]
 fn files_and_trees_go_both_ways_hashed_with_modes() {
     let s = Sandbox::start(&[]);
-    let w = tempfile::Builder::new().prefix("hvsock-cp-").tempdir().unwrap();
+    let w = tempfile::Builder::new()
+        .prefix("hvsock-cp-")
+        .tempdir()
+        .unwrap();
     let w = w.path();
     // A file in: to a new name, then into an existing directory under its own name.
     let big = w.join("big.bin");
@@ -71,21 +74,38 @@ fn files_and_trees_go_both_ways_hashed_with_modes() {
     let dest = format!("sb:{}", guest.join("renamed.bin").display());
     let out = run(s.hv().args(["cp", "-v"]).arg(&big).arg(&dest), b"", QUICK);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("copied 1 files, 3145745 bytes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("copied 1 files, 3145745 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(sha256_file(&guest.join("renamed.bin")), sha256_file(&big));
     assert_eq!(mode(&guest.join("renamed.bin")), 0o640);
-    let out = run(s.hv().arg("cp").arg(&big).arg(format!("sb:{}", guest.display())), b"", QUICK);
+    let out = run(
+        s.hv()
+            .arg("cp")
+            .arg(&big)
+            .arg(format!("sb:{}", guest.display())),
+        b"",
+        QUICK,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256_file(&guest.join("big.bin")), sha256_file(&big));
     // Overwriting a file replaces it whole.
     fs::write(w.join("small"), "small\n").unwrap();
     let out = run(s.hv().arg("cp").arg(w.join("small")).arg(&dest), b"", QUICK);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(fs::read_to_string(guest.join("renamed.bin")).unwrap(), "small\n");
+    assert_eq!(
+        fs::read_to_string(guest.join("renamed.bin")).unwrap(),
+        "small\n"
+    );
 
     // A file out.
     let out = run(
-        s.hv().arg("cp").arg(format!("sb:{}", guest.join("big.bin").display())).arg(w.join("back.bin")),
+        s.hv()
+            .arg("cp")
+            .arg(format!("sb:{}", guest.join("big.bin").display()))
+            .arg(w.join("back.bin")),
         b"",
         QUICK,
     );
@@ -96,20 +116,37 @@ fn files_and_trees_go_both_ways_hashed_with_modes() {
     // A tree in, into an existing directory, then out again into another.
     let tree = w.join("tree");
     make_tree(&tree);
-    let out = run(s.hv().args(["cp", "-r"]).arg(&tree).arg(format!("sb:{}", guest.display())), b"", QUICK);
+    let out = run(
+        s.hv()
+            .args(["cp", "-r"])
+            .arg(&tree)
+            .arg(format!("sb:{}", guest.display())),
+        b"",
+        QUICK,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(describe(&guest.join("tree")), describe(&tree));
     let back = w.join("back");
     fs::create_dir(&back).unwrap();
     let out = run(
-        s.hv().args(["cp", "-r"]).arg(format!("sb:{}", guest.join("tree").display())).arg(&back),
+        s.hv()
+            .args(["cp", "-r"])
+            .arg(format!("sb:{}", guest.join("tree").display()))
+            .arg(&back),
         b"",
         QUICK,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(describe(&back.join("tree")), describe(&tree));
     // Copying the same tree again merges into what is there.
-    let out = run(s.hv().args(["cp", "-r"]).arg(&tree).arg(format!("sb:{}", guest.display())), b"", QUICK);
+    let out = run(
+        s.hv()
+            .args(["cp", "-r"])
+            .arg(&tree)
+            .arg(format!("sb:{}", guest.display())),
+        b"",
+        QUICK,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     for dir in [&tree, &guest.join("tree"), &back.join("tree")] {
         fs::set_permissions(dir.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -119,7 +156,10 @@ fn files_and_trees_go_both_ways_hashed_with_modes() {
 #[test]
 fn copy_errors_name_the_path_and_the_reason() {
     let s = Sandbox::start(&[]);
-    let w = tempfile::Builder::new().prefix("hvsock-cp-").tempdir().unwrap();
+    let w = tempfile::Builder::new()
+        .prefix("hvsock-cp-")
+        .tempdir()
+        .unwrap();
     let w = w.path();
     let fail = |args: &[&str]| {
         let out = run(s.hv().args(args), b"", QUICK);
@@ -128,29 +168,44 @@ fn copy_errors_name_the_path_and_the_reason() {
     };
     let local = w.display().to_string();
     let err = fail(&["cp", "sb:/no/such/file", &local]);
-    assert!(err.contains("/no/such/file") && err.contains("no such file or directory"), "{err}");
+    assert!(
+        err.contains("/no/such/file") && err.contains("no such file or directory"),
+        "{err}"
+    );
     assert!(err.contains("(in sb)"), "{err}");
     let err = fail(&["cp", &format!("{local}/missing"), "sb:/tmp"]);
-    assert!(err.contains("missing") && err.contains("no such file or directory"), "{err}");
+    assert!(
+        err.contains("missing") && err.contains("no such file or directory"),
+        "{err}"
+    );
     let err = fail(&["cp", &local, "sb:/tmp"]);
     assert!(err.contains("is a directory (copy it with -r)"), "{err}");
     let err = fail(&["cp", "sb:/etc", &local]);
     assert!(err.contains("is a directory (copy it with -r)"), "{err}");
     fs::write(w.join("f"), "f").unwrap();
     let err = fail(&["cp", &format!("{local}/f"), "sb:/no/such/dir/f"]);
-    assert!(err.contains("/no/such/dir") && err.contains("no such file or directory"), "{err}");
+    assert!(
+        err.contains("/no/such/dir") && err.contains("no such file or directory"),
+        "{err}"
+    );
     let err = fail(&["cp", &format!("{local}/f"), "sb:/sys/hvsock-cp-test"]);
     assert!(err.contains("permission denied"), "{err}");
     let err = fail(&["cp", &format!("{local}/f"), "sb:relative"]);
     assert!(err.contains("neither side is VM:/path"), "{err}");
-    assert!(s.agent.log().contains("failed"), "the agent logged the failures");
+    assert!(
+        s.agent.log().contains("failed"),
+        "the agent logged the failures"
+    );
 }
 
 #[test]
 fn a_full_guest_disk_is_reported_and_leaves_no_partial_file() {
     // The agent runs in its own mount namespace with a 1 MiB tmpfs on `full`; the host copies
     // 3 MiB into it.
-    let full = tempfile::Builder::new().prefix("hvsock-full-").tempdir().unwrap();
+    let full = tempfile::Builder::new()
+        .prefix("hvsock-full-")
+        .tempdir()
+        .unwrap();
     let full_path = full.path().display().to_string();
     let s = Sandbox::start_with(
         &[],
@@ -165,14 +220,32 @@ fn a_full_guest_disk_is_reported_and_leaves_no_partial_file() {
             &full_path,
         ],
     );
-    let src = full.path().parent().unwrap().join(format!("{}.src", full_path.rsplit('/').next().unwrap()));
+    let src = full
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("{}.src", full_path.rsplit('/').next().unwrap()));
     fs::write(&src, pattern(9, 3 * 1024 * 1024)).unwrap();
-    let out = run(s.hv().arg("cp").arg(&src).arg(format!("sb:{full_path}/big")), b"", QUICK);
+    let out = run(
+        s.hv()
+            .arg("cp")
+            .arg(&src)
+            .arg(format!("sb:{full_path}/big")),
+        b"",
+        QUICK,
+    );
     fs::remove_file(&src).unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("no space left on the device") && err.contains("big"), "{err}");
-    let out = run(s.hv().args(["exec", "sb", "--", "ls", "-A", &full_path]), b"", QUICK);
+    assert!(
+        err.contains("no space left on the device") && err.contains("big"),
+        "{err}"
+    );
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "ls", "-A", &full_path]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "", "the partial file was removed");
 }
 
@@ -185,19 +258,37 @@ fn an_unprivileged_agent_reports_permission_and_refuses_other_users() {
     fs::set_permissions(s.d.dir(), fs::Permissions::from_mode(0o711)).unwrap();
     fs::set_permissions(s.d.dirs().partitions(), fs::Permissions::from_mode(0o711)).unwrap();
     let _agent = Agent::start(&s.d, vm, &["--disable", "shutdown"], &[], Some(65534));
-    let w = tempfile::Builder::new().prefix("hvsock-cp-").tempdir().unwrap();
+    let w = tempfile::Builder::new()
+        .prefix("hvsock-cp-")
+        .tempdir()
+        .unwrap();
     fs::set_permissions(w.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(w.path().join("f"), "f").unwrap();
     let out = run(
-        s.hv().arg("cp").arg(w.path().join("f")).arg(format!("sb2:{}/g", w.path().display())),
+        s.hv()
+            .arg("cp")
+            .arg(w.path().join("f"))
+            .arg(format!("sb2:{}/g", w.path().display())),
         b"",
         QUICK,
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("permission denied"), "{}", text(&out.stderr));
-    let out = run(s.hv().args(["exec", "sb2", "--user", "root", "--", "id"]), b"", QUICK);
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        s.hv().args(["exec", "sb2", "--user", "root", "--", "id"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("cannot start commands as \"root\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot start commands as \"root\""),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(s.hv().args(["exec", "sb2", "--", "id", "-u"]), b"", QUICK);
     assert_eq!(text(&out.stdout), "65534\n");
 }

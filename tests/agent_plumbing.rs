@@ -43,7 +43,14 @@ fn listen_exec_runs_one_command_per_connection_on_the_socket() {
     let log = d.dir().join("listen.log");
     let _listener = Running(
         d.cli()
-            .args(["listen", "--keep", "-v", "--exec", "echo \"peer=$HVSOCK_PEER\"; tr a-z A-Z", "wildcard:upper"])
+            .args([
+                "listen",
+                "--keep",
+                "-v",
+                "--exec",
+                "echo \"peer=$HVSOCK_PEER\"; tr a-z A-Z",
+                "wildcard:upper",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -51,7 +58,9 @@ fn listen_exec_runs_one_command_per_connection_on_the_socket() {
             .unwrap(),
     );
     support::wait_for("the listener", QUICK, || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("listening on")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on")
     });
     // Two connections at once from the sandbox, each served by its own command.
     let clients: Vec<_> = ["first", "second"]
@@ -98,8 +107,13 @@ fn ssh_proxy_hands_ssh_the_connected_socket() {
     assert_eq!(peer.vm_id, d.root_id());
     let mut buf = [0u8; 16];
     let msg = hvsock_proto::unix::recv_message(ours.as_fd(), &mut buf, false).unwrap();
-    assert_eq!((msg.len, msg.fds.len()), (1, 1), "one byte carrying one descriptor");
-    let status = support::wait_exit(&mut proxy, QUICK).expect("the proxy exits once it handed over");
+    assert_eq!(
+        (msg.len, msg.fds.len()),
+        (1, 1),
+        "one byte carrying one descriptor"
+    );
+    let status =
+        support::wait_exit(&mut proxy, QUICK).expect("the proxy exits once it handed over");
     assert!(status.success());
     // The descriptor is the connection itself.
     let mut passed = std::os::unix::net::UnixStream::from(msg.fds.into_iter().next().unwrap());
@@ -127,7 +141,9 @@ fn ssh_proxy_hands_ssh_the_connected_socket() {
 
 fn keygen(path: &Path) {
     let out = run(
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path),
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path),
         b"",
         QUICK,
     );
@@ -136,12 +152,23 @@ fn keygen(path: &Path) {
 
 #[test]
 fn openssh_reaches_a_sandboxs_sshd_through_ssh_proxy() {
-    let deps = run(&mut Command::new(repo().join("scripts/ssh-test-deps.sh")), b"", Duration::from_secs(900));
-    assert!(deps.status.success(), "scripts/ssh-test-deps.sh: {}", text(&deps.stderr));
+    let deps = run(
+        &mut Command::new(repo().join("scripts/ssh-test-deps.sh")),
+        b"",
+        Duration::from_secs(900),
+    );
+    assert!(
+        deps.status.success(),
+        "scripts/ssh-test-deps.sh: {}",
+        text(&deps.stderr)
+    );
     let d = Daemon::start();
     d.add_service("ssh", 22);
     d.add_partition("sb", None);
-    let w = tempfile::Builder::new().prefix("hvsock-ssh-").tempdir().unwrap();
+    let w = tempfile::Builder::new()
+        .prefix("hvsock-ssh-")
+        .tempdir()
+        .unwrap();
     let w = w.path();
     keygen(&w.join("host_key"));
     keygen(&w.join("id"));
@@ -171,7 +198,9 @@ fn openssh_reaches_a_sandboxs_sshd_through_ssh_proxy() {
             .unwrap(),
     );
     support::wait_for("the sandbox's sshd listener", QUICK, || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("listening on")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on")
     });
     // ssh with the shipped snippet verbatim; `hvsock` on PATH, HVSOCK_DIR naming this hvsockd.
     let snippet = repo().join("packaging/ssh/hvsock.conf");
@@ -186,8 +215,16 @@ fn openssh_reaches_a_sandboxs_sshd_through_ssh_proxy() {
             .arg("-i")
             .arg(w.join("id"))
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", w.join("known_hosts").display()))
-            .args(["-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes"])
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                w.join("known_hosts").display()
+            ))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-o",
+                "BatchMode=yes",
+            ])
             .env("PATH", &path)
             .env("HVSOCK_DIR", d.dir())
             .env_remove("HVSOCK_ENDPOINT")
@@ -195,9 +232,17 @@ fn openssh_reaches_a_sandboxs_sshd_through_ssh_proxy() {
     };
     let mut ssh = Command::new("ssh");
     ssh_opts(&mut ssh);
-    ssh.args(["root@hvsock/sb", "echo hello from $(hostname) via ssh; cat | wc -c"]);
+    ssh.args([
+        "root@hvsock/sb",
+        "echo hello from $(hostname) via ssh; cat | wc -c",
+    ]);
     let out = run(&mut ssh, &pattern(5, 100_000), QUICK);
-    assert!(out.status.success(), "ssh: {}\n{}", text(&out.stderr), std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "ssh: {}\n{}",
+        text(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let got = text(&out.stdout);
     assert!(got.contains("via ssh"), "{got}");
     assert!(got.trim_end().ends_with("100000"), "{got}");
@@ -208,13 +253,17 @@ fn openssh_reaches_a_sandboxs_sshd_through_ssh_proxy() {
     std::fs::write(&src, pattern(6, 2 * 1024 * 1024 + 3)).unwrap();
     let mut scp = Command::new("scp");
     ssh_opts(&mut scp);
-    scp.arg("-q").arg(&src).arg(format!("root@hvsock%sb:{}", w.join("copied").display()));
+    scp.arg("-q")
+        .arg(&src)
+        .arg(format!("root@hvsock%sb:{}", w.join("copied").display()));
     let out = run(&mut scp, b"", QUICK);
     assert!(out.status.success(), "scp: {}", text(&out.stderr));
     assert_eq!(sha256_file(&w.join("copied")), sha256_file(&src));
     let mut scp = Command::new("scp");
     ssh_opts(&mut scp);
-    scp.arg("-q").arg(format!("root@hvsock%sb:{}", w.join("copied").display())).arg(w.join("back"));
+    scp.arg("-q")
+        .arg(format!("root@hvsock%sb:{}", w.join("copied").display()))
+        .arg(w.join("back"));
     let out = run(&mut scp, b"", QUICK);
     assert!(out.status.success(), "scp back: {}", text(&out.stderr));
     assert_eq!(sha256_file(&w.join("back")), sha256_file(&src));

@@ -28,7 +28,14 @@ use sha2::{Digest, Sha256};
 fn exec_keeps_streams_apart_and_gives_the_commands_status() {
     let s = Sandbox::start(&[]);
     let out = run(
-        s.hv().args(["exec", "sb", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]),
+        s.hv().args([
+            "exec",
+            "sb",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ]),
         b"",
         QUICK,
     );
@@ -36,21 +43,43 @@ fn exec_keeps_streams_apart_and_gives_the_commands_status() {
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
 
-    let out = run(s.hv().args(["exec", "sb", "--", "sh", "-c", "kill -KILL $$"]), b"", QUICK);
+    let out = run(
+        s.hv()
+            .args(["exec", "sb", "--", "sh", "-c", "kill -KILL $$"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(128 + 9), "death by SIGKILL is 137");
 
-    let out = run(s.hv().args(["exec", "sb", "--", "no-such-command-hv"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "no-such-command-hv"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(127));
-    assert!(text(&out.stderr).contains("command not found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("command not found"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let plain = s.d.dir().join("not-a-program");
     std::fs::write(&plain, "data\n").unwrap();
     let out = run(s.hv().args(["exec", "sb", "--"]).arg(&plain), b"", QUICK);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
-    let out = run(s.hv().args(["exec", "sb", "--cwd", "/no/such/dir", "--", "true"]), b"", QUICK);
+    let out = run(
+        s.hv()
+            .args(["exec", "sb", "--cwd", "/no/such/dir", "--", "true"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(127));
-    assert!(text(&out.stderr).contains("no such directory"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such directory"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -64,8 +93,18 @@ fn exec_streams_stdin_and_sets_env_cwd_and_user() {
 
     let out = run(
         s.hv().args([
-            "exec", "sb", "--env", "GREETING=hello there", "--env", "EMPTY=", "--cwd", "/tmp",
-            "--", "sh", "-c", "echo \"$GREETING|${EMPTY-unset}|$(pwd)|$HOME|$USER\"",
+            "exec",
+            "sb",
+            "--env",
+            "GREETING=hello there",
+            "--env",
+            "EMPTY=",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING|${EMPTY-unset}|$(pwd)|$HOME|$USER\"",
         ]),
         b"",
         QUICK,
@@ -74,20 +113,49 @@ fn exec_streams_stdin_and_sets_env_cwd_and_user() {
     assert_eq!(text(&out.stdout), "hello there||/tmp|/root|root\n");
 
     // The agent's own environment does not leak into commands.
-    let out = run(s.hv().args(["exec", "sb", "--", "sh", "-c", "echo ${HVSOCK_ENDPOINT-none}"]), b"", QUICK);
+    let out = run(
+        s.hv().args([
+            "exec",
+            "sb",
+            "--",
+            "sh",
+            "-c",
+            "echo ${HVSOCK_ENDPOINT-none}",
+        ]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "none\n");
 
     let out = run(
-        s.hv().args(["exec", "sb", "--user", "nobody", "--", "sh", "-c", "id -u; id -g"]),
+        s.hv().args([
+            "exec",
+            "sb",
+            "--user",
+            "nobody",
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g",
+        ]),
         b"",
         QUICK,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "65534\n65534\n");
 
-    let out = run(s.hv().args(["exec", "sb", "--user", "no-such-user-hv", "--", "true"]), b"", QUICK);
+    let out = run(
+        s.hv()
+            .args(["exec", "sb", "--user", "no-such-user-hv", "--", "true"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("no user \"no-such-user-hv\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no user \"no-such-user-hv\""),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -121,7 +189,11 @@ fn exec_forwards_sigint_and_sigterm_to_the_command() {
         let status = support::wait_exit(&mut child, QUICK).expect("exec ends after the signal");
         stdout.read_to_end(&mut seen).unwrap();
         assert_eq!(status.code(), Some(code), "{name}: {}", text(&seen));
-        assert!(text(&seen).contains(&format!("got-{name}")), "{}", text(&seen));
+        assert!(
+            text(&seen).contains(&format!("got-{name}")),
+            "{}",
+            text(&seen)
+        );
     }
 }
 
@@ -199,12 +271,16 @@ fn a_tty_session_follows_the_terminal_and_ctrl_c_reaches_the_guest() {
             if now.contains(what) {
                 return;
             }
-            assert!(Instant::now() < deadline, "no {what:?} on the screen:\n{now}");
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} on the screen:\n{now}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     };
     wait_screen("# ");
-    keys.write_all(b"stty size; echo TERM=$TERM; tty\r").unwrap();
+    keys.write_all(b"stty size; echo TERM=$TERM; tty\r")
+        .unwrap();
     wait_screen("40 100");
     wait_screen("TERM=vt100");
     wait_screen("/dev/pts/");
@@ -212,7 +288,10 @@ fn a_tty_session_follows_the_terminal_and_ctrl_c_reaches_the_guest() {
     // The kernel sends hvsock SIGWINCH, hvsock sends Resize; ask until the guest sees it.
     let deadline = Instant::now() + QUICK;
     while !text(&screen.lock().unwrap()).contains("50 132") {
-        assert!(Instant::now() < deadline, "the guest's terminal never became 50x132");
+        assert!(
+            Instant::now() < deadline,
+            "the guest's terminal never became 50x132"
+        );
         keys.write_all(b"stty size\r").unwrap();
         thread::sleep(Duration::from_millis(300));
     }
@@ -226,7 +305,10 @@ fn a_tty_session_follows_the_terminal_and_ctrl_c_reaches_the_guest() {
     let status = support::wait_exit(&mut child, QUICK).expect("hvsock exits with the shell");
     assert_eq!(status.code(), Some(7));
     let after = rustix::termios::tcgetattr(&slave).unwrap();
-    assert_eq!(after.local_modes, before.local_modes, "the terminal's mode came back");
+    assert_eq!(
+        after.local_modes, before.local_modes,
+        "the terminal's mode came back"
+    );
     drop(keys);
     drop(master);
     drop(slave);
@@ -238,26 +320,62 @@ fn shell_runs_the_users_login_shell() {
     let s = Sandbox::start(&[]);
     let out = run(s.hv().args(["shell", "sb"]), b"echo $0; exit 4\n", QUICK);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("-"), "a login shell's $0 starts with -: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("-"),
+        "a login shell's $0 starts with -: {}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn shutdown_reports_the_guest_gone_or_says_why_it_cannot() {
-    let mut s = Sandbox::start(&["--poweroff-command", "echo off; kill $PPID", "--reboot-command", "kill $PPID"]);
-    let out = run(s.hv().args(["vm", "shutdown", "sb", "--timeout", "20"]), b"", QUICK);
+    let mut s = Sandbox::start(&[
+        "--poweroff-command",
+        "echo off; kill $PPID",
+        "--reboot-command",
+        "kill $PPID",
+    ]);
+    let out = run(
+        s.hv().args(["vm", "shutdown", "sb", "--timeout", "20"]),
+        b"",
+        QUICK,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("powered off"), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("gone after"), "{}", text(&out.stdout));
-    let status = s.agent.wait_exit(QUICK).expect("the agent was ended by the poweroff command");
+    assert!(
+        text(&out.stdout).contains("powered off"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("gone after"),
+        "{}",
+        text(&out.stdout)
+    );
+    let status = s
+        .agent
+        .wait_exit(QUICK)
+        .expect("the agent was ended by the poweroff command");
     assert_eq!(status.signal(), Some(15));
 
     // Without a shutdown action (a sandbox's default) the agent refuses, saying why.
     let s = Sandbox::start(&[]);
-    let out = run(s.hv().args(["vm", "shutdown", "sb", "--timeout", "5"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["vm", "shutdown", "sb", "--timeout", "5"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no shutdown action"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no shutdown action"),
+        "{}",
+        text(&out.stderr)
+    );
     // ... and keeps serving.
-    let out = run(s.hv().args(["exec", "sb", "--", "echo", "still"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "echo", "still"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "still\n");
 }
 
@@ -268,14 +386,25 @@ fn a_disabled_or_unserved_service_is_refused_with_what_to_do() {
     let out = run(s.hv().args(["exec", "sb", "--", "true"]), b"", QUICK);
     assert_eq!(out.status.code(), Some(255));
     let err = text(&out.stderr);
-    assert!(err.contains("hvsock service enable hvsock-session"), "{err}");
+    assert!(
+        err.contains("hvsock service enable hvsock-session"),
+        "{err}"
+    );
     s.d.set_enabled(SESSION.name, true);
     let out = run(s.hv().args(["exec", "sb", "--", "true"]), b"", QUICK);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The agent was told not to serve files: nothing listens.
-    let out = run(s.hv().args(["cp", "sb:/etc/hostname", "/tmp/x-never"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["cp", "sb:/etc/hostname", "/tmp/x-never"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is hvsock-agent running in sb"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is hvsock-agent running in sb"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Sends raw bytes to the agent's session port and returns the Error it answers.
@@ -320,12 +449,39 @@ fn hostile_messages_end_only_their_own_session() {
     assert!(e.message.contains("over the limit"), "{}", e.message);
     let e = hostile(&s, &[0, 0, 0, 0]);
     assert!(e.message.contains("empty frame"), "{}", e.message);
-    let e = hostile(&s, &Frame { kind: 0x10, body: b"{}".to_vec() }.encode());
-    assert!(e.message.contains("while waiting for Hello"), "{}", e.message);
-    let e = hostile(&s, &Frame { kind: wire::HELLO, body: b"{not json".to_vec() }.encode());
+    let e = hostile(
+        &s,
+        &Frame {
+            kind: 0x10,
+            body: b"{}".to_vec(),
+        }
+        .encode(),
+    );
+    assert!(
+        e.message.contains("while waiting for Hello"),
+        "{}",
+        e.message
+    );
+    let e = hostile(
+        &s,
+        &Frame {
+            kind: wire::HELLO,
+            body: b"{not json".to_vec(),
+        }
+        .encode(),
+    );
     assert!(e.message.contains("malformed"), "{}", e.message);
     let hello = |service: &str, min: u16, max: u16| {
-        Frame::json(wire::HELLO, &wire::Hello { service: service.into(), min, max, client: "t".into() }).encode()
+        Frame::json(
+            wire::HELLO,
+            &wire::Hello {
+                service: service.into(),
+                min,
+                max,
+                client: "t".into(),
+            },
+        )
+        .encode()
     };
     let e = hostile(&s, &hello("files", 1, 1));
     assert_eq!(e.kind, ErrorKind::Service);
@@ -337,36 +493,75 @@ fn hostile_messages_end_only_their_own_session() {
     let e = hostile(&s, &bytes);
     assert!(e.message.contains("no command"), "{}", e.message);
     let mut bytes = hello("session", 1, 1);
-    bytes.extend(Frame { kind: 0x12, body: b"x".to_vec() }.encode());
+    bytes.extend(
+        Frame {
+            kind: 0x12,
+            body: b"x".to_vec(),
+        }
+        .encode(),
+    );
     let e = hostile(&s, &bytes);
-    assert!(e.message.contains("while waiting for Start"), "{}", e.message);
+    assert!(
+        e.message.contains("while waiting for Start"),
+        "{}",
+        e.message
+    );
     // Out of order during a session: an agent-to-host kind from the host.
     let mut bytes = hello("session", 1, 1);
     bytes.extend(Frame::json(0x10, &serde_json::json!({"argv": ["sleep", "30"]})).encode());
-    bytes.extend(Frame { kind: 0x16, body: b"x".to_vec() }.encode());
+    bytes.extend(
+        Frame {
+            kind: 0x16,
+            body: b"x".to_vec(),
+        }
+        .encode(),
+    );
     let e = hostile(&s, &bytes);
-    assert!(e.message.contains("from the host during a session"), "{}", e.message);
+    assert!(
+        e.message.contains("from the host during a session"),
+        "{}",
+        e.message
+    );
 
     let mut stdin = bystander.stdin.take().unwrap();
     stdin.write_all(b"through\n").unwrap();
     drop(stdin);
     let status = support::wait_exit(&mut bystander, QUICK).expect("the bystander ends");
     let mut out = String::new();
-    bystander.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    bystander
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.success());
     assert_eq!(out, "got through\n");
     // The agent is still there for the next one.
-    let out = run(s.hv().args(["exec", "sb", "--", "echo", "fine"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "echo", "fine"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "fine\n");
 }
 
 #[test]
 fn the_agent_survives_hvsockd_restarting() {
     let mut s = Sandbox::start(&[]);
-    let out = run(s.hv().args(["exec", "sb", "--", "echo", "before"]), b"", QUICK);
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "echo", "before"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "before\n");
     s.d.restart();
-    s.agent.wait_log("the agent to bind again", |log| log.matches("serving hvsock-session").count() >= 2);
-    let out = run(s.hv().args(["exec", "sb", "--", "echo", "after"]), b"", QUICK);
+    s.agent.wait_log("the agent to bind again", |log| {
+        log.matches("serving hvsock-session").count() >= 2
+    });
+    let out = run(
+        s.hv().args(["exec", "sb", "--", "echo", "after"]),
+        b"",
+        QUICK,
+    );
     assert_eq!(text(&out.stdout), "after\n", "{}", text(&out.stderr));
 }

@@ -63,7 +63,9 @@ impl Agent {
             .filter(|s| !disabled.contains(&s.key))
             .map(|s| format!("serving {} on parent:{}", s.name, s.port))
             .collect();
-        agent.wait_log("the agent to serve", |log| want.iter().all(|w| log.contains(w)));
+        agent.wait_log("the agent to serve", |log| {
+            want.iter().all(|w| log.contains(w))
+        });
         agent
     }
 
@@ -80,7 +82,10 @@ impl Agent {
             if check(&log) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; the agent's log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the agent's log:\n{log}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -188,7 +193,10 @@ pub fn text(b: &[u8]) -> String {
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Deterministic bytes.

@@ -161,10 +161,17 @@ fn dispatch(
 ) {
     if active.fetch_add(1, Ordering::AcqRel) >= config.max_sessions {
         active.fetch_sub(1, Ordering::AcqRel);
-        tracing::warn!("{}: refusing {peer}: {} sessions already", service.name, config.max_sessions);
+        tracing::warn!(
+            "{}: refusing {peer}: {} sessions already",
+            service.name,
+            config.max_sessions
+        );
         let busy = RemoteError::new(
             ErrorKind::Busy,
-            format!("the agent serves {} sessions already; try again later", config.max_sessions),
+            format!(
+                "the agent serves {} sessions already; try again later",
+                config.max_sessions
+            ),
         );
         let mut conn = &stream;
         let _ = wire::write_frame(&mut conn, &busy.frame());
@@ -208,7 +215,10 @@ pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
     for key in disabled {
         if services::by_key(key).is_none() {
             let known: Vec<&str> = services::ALL.iter().map(|s| s.key).collect();
-            return Err(format!("{key:?} is not a service (known: {})", known.join(", ")));
+            return Err(format!(
+                "{key:?} is not a service (known: {})",
+                known.join(", ")
+            ));
         }
     }
     Ok(services::ALL

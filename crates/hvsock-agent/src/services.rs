@@ -127,7 +127,11 @@ mod tests {
         for (i, a) in ALL.iter().enumerate() {
             assert!((50000..=50009).contains(&a.port));
             assert_eq!(a.id().vsock_port(), Some(a.port));
-            assert!(hvsock::addr::check_service_name(a.name).is_ok(), "{}", a.name);
+            assert!(
+                hvsock::addr::check_service_name(a.name).is_ok(),
+                "{}",
+                a.name
+            );
             for b in &ALL[i + 1..] {
                 assert_ne!(a.port, b.port);
                 assert_ne!(a.name, b.name);

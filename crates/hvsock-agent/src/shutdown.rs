@@ -114,7 +114,11 @@ pub fn detect_init() -> Init {
     } else if exe.ends_with("/busybox") {
         Init::Busybox
     } else {
-        Init::Other(if comm.trim().is_empty() { exe } else { comm.trim().to_owned() })
+        Init::Other(if comm.trim().is_empty() {
+            exe
+        } else {
+            comm.trim().to_owned()
+        })
     }
 }
 
@@ -126,9 +130,7 @@ fn run_detached(shell_command: &str) -> Result<(), RemoteError> {
         .stderr(Stdio::null())
         .spawn()
         .map(drop)
-        .map_err(|e| {
-            RemoteError::new(ErrorKind::Other, format!("running {shell_command:?}: {e}"))
-        })
+        .map_err(|e| RemoteError::new(ErrorKind::Other, format!("running {shell_command:?}: {e}")))
 }
 
 /// Plans the shutdown: what will be done, and the deed itself (run after Accepted is sent).
@@ -145,40 +147,60 @@ fn plan(action: &Action, request: Request) -> Result<(String, Deed), RemoteError
             "ending the agent".into(),
             Box::new(|| std::process::exit(0)),
         )),
-        Action::Command { poweroff, reboot: reboot_cmd } => {
-            let cmd = if reboot { reboot_cmd.clone() } else { poweroff.clone() };
-            Ok((cmd.clone(), Box::new(move || {
-                if let Err(e) = run_detached(&cmd) {
-                    tracing::error!("shutdown: {}", e.message);
-                }
-            })))
+        Action::Command {
+            poweroff,
+            reboot: reboot_cmd,
+        } => {
+            let cmd = if reboot {
+                reboot_cmd.clone()
+            } else {
+                poweroff.clone()
+            };
+            Ok((
+                cmd.clone(),
+                Box::new(move || {
+                    if let Err(e) = run_detached(&cmd) {
+                        tracing::error!("shutdown: {}", e.message);
+                    }
+                }),
+            ))
         }
         Action::Init => {
             let init = detect_init();
             if request.force && init != Init::Systemd {
-                let how = if reboot { "reboot(2) now" } else { "power-off with reboot(2) now" };
-                return Ok((how.into(), Box::new(move || {
-                    rustix::fs::sync();
-                    let cmd = if reboot {
-                        rustix::system::RebootCommand::Restart
-                    } else {
-                        rustix::system::RebootCommand::PowerOff
-                    };
-                    if let Err(e) = rustix::system::reboot(cmd) {
-                        tracing::error!("shutdown: reboot(2) failed: {e}");
-                    }
-                })));
+                let how = if reboot {
+                    "reboot(2) now"
+                } else {
+                    "power-off with reboot(2) now"
+                };
+                return Ok((
+                    how.into(),
+                    Box::new(move || {
+                        rustix::fs::sync();
+                        let cmd = if reboot {
+                            rustix::system::RebootCommand::Restart
+                        } else {
+                            rustix::system::RebootCommand::PowerOff
+                        };
+                        if let Err(e) = rustix::system::reboot(cmd) {
+                            tracing::error!("shutdown: reboot(2) failed: {e}");
+                        }
+                    }),
+                ));
             }
             match init {
                 Init::Systemd => {
                     let verb = if reboot { "reboot" } else { "poweroff" };
                     let force = if request.force { " --force" } else { "" };
                     let cmd = format!("systemctl {verb}{force}");
-                    Ok((cmd.clone(), Box::new(move || {
-                        if let Err(e) = run_detached(&cmd) {
-                            tracing::error!("shutdown: {}", e.message);
-                        }
-                    })))
+                    Ok((
+                        cmd.clone(),
+                        Box::new(move || {
+                            if let Err(e) = run_detached(&cmd) {
+                                tracing::error!("shutdown: {}", e.message);
+                            }
+                        }),
+                    ))
                 }
                 Init::Busybox => {
                     let (sig, name) = if reboot {
@@ -186,13 +208,16 @@ fn plan(action: &Action, request: Request) -> Result<(String, Deed), RemoteError
                     } else {
                         (rustix::process::Signal::USR2, "SIGUSR2")
                     };
-                    Ok((format!("busybox init ({name} to PID 1)"), Box::new(move || {
-                        if let Some(one) = rustix::process::Pid::from_raw(1) {
-                            if let Err(e) = rustix::process::kill_process(one, sig) {
-                                tracing::error!("shutdown: signalling init: {e}");
+                    Ok((
+                        format!("busybox init ({name} to PID 1)"),
+                        Box::new(move || {
+                            if let Some(one) = rustix::process::Pid::from_raw(1) {
+                                if let Err(e) = rustix::process::kill_process(one, sig) {
+                                    tracing::error!("shutdown: signalling init: {e}");
+                                }
                             }
-                        }
-                    })))
+                        }),
+                    ))
                 }
                 Init::Other(name) => {
                     let cmd = if reboot { "reboot" } else { "poweroff" };
@@ -202,14 +227,19 @@ fn plan(action: &Action, request: Request) -> Result<(String, Deed), RemoteError
                     {
                         return Err(RemoteError::new(
                             ErrorKind::Disabled,
-                            format!("PID 1 is {name:?}, neither systemd nor busybox init, and there is no {cmd} command; start the agent with --{cmd}-command"),
+                            format!(
+                                "PID 1 is {name:?}, neither systemd nor busybox init, and there is no {cmd} command; start the agent with --{cmd}-command"
+                            ),
                         ));
                     }
-                    Ok((cmd.into(), Box::new(move || {
-                        if let Err(e) = run_detached(cmd) {
-                            tracing::error!("shutdown: {}", e.message);
-                        }
-                    })))
+                    Ok((
+                        cmd.into(),
+                        Box::new(move || {
+                            if let Err(e) = run_detached(cmd) {
+                                tracing::error!("shutdown: {}", e.message);
+                            }
+                        }),
+                    ))
                 }
             }
         }
@@ -246,10 +276,17 @@ pub fn serve(stream: &hvsock::HvStream, action: &Action) -> Result<String, WireE
             return Err(WireError::Refused(refusal));
         }
     };
-    wire::write_frame(&mut conn, &Frame::json(ACCEPTED, &Accepted { how: how.clone() }))?;
+    wire::write_frame(
+        &mut conn,
+        &Frame::json(ACCEPTED, &Accepted { how: how.clone() }),
+    )?;
     // Let Accepted leave before the system starts going down.
     std::thread::sleep(Duration::from_millis(200));
-    tracing::warn!("shutdown ({:?}, force {}): {how}", request.action, request.force);
+    tracing::warn!(
+        "shutdown ({:?}, force {}): {how}",
+        request.action,
+        request.force
+    );
     deed();
     // Keep the connection until the host or the system ends it: its end is the host's sign.
     let _ = stream.set_read_timeout(None);
@@ -273,7 +310,9 @@ pub enum ShutdownError {
     #[error("{0}")]
     Wire(#[from] WireError),
     /// The guest accepted but is still there.
-    #[error("the guest accepted the shutdown ({how}) but its agent is still there after {timeout:?}")]
+    #[error(
+        "the guest accepted the shutdown ({how}) but its agent is still there after {timeout:?}"
+    )]
     StillUp {
         /// How the agent went about it.
         how: String,
@@ -310,12 +349,17 @@ pub fn request(
                 timeout,
             });
         }
-        stream.set_read_timeout(Some(left)).map_err(WireError::from)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(WireError::from)?;
         match decoder.read_frame(&mut conn) {
             // The end of the connection, however it comes, is the guest going.
             Ok(None) | Err(WireError::Truncated) => break,
             Err(WireError::Io(e))
-                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 break;
             }
@@ -360,15 +404,16 @@ mod tests {
             poweroff: "echo off".into(),
             reboot: "echo again".into(),
         };
-        let (how, _) = plan(
+        let planned = plan(
             &action,
             Request {
                 action: Power::Reboot,
                 force: true,
             },
-        )
-        .ok()
-        .expect("planned");
+        );
+        let Ok((how, _)) = planned else {
+            panic!("a command action is always planned");
+        };
         assert_eq!(how, "echo again");
     }
 }

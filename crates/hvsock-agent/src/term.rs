@@ -98,11 +98,18 @@ mod tests {
 
     #[test]
     fn a_pty_has_the_size_asked_for_and_resizes() {
-        let pty = Pty::open(WinSize { rows: 40, cols: 100 }).expect("a pty");
+        let pty = Pty::open(WinSize {
+            rows: 40,
+            cols: 100,
+        })
+        .expect("a pty");
         assert!(is_terminal(pty.slave.as_fd()));
         assert_eq!(
             size_of(pty.slave.as_fd()),
-            Some(WinSize { rows: 40, cols: 100 })
+            Some(WinSize {
+                rows: 40,
+                cols: 100
+            })
         );
         set_size(pty.master.as_fd(), WinSize { rows: 10, cols: 20 }).expect("resize");
         assert_eq!(

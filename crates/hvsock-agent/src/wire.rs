@@ -396,8 +396,7 @@ pub fn client_hello(
         });
     }
     let welcome: Welcome = frame.parse()?;
-    if welcome.service != service || welcome.version < versions.0 || welcome.version > versions.1
-    {
+    if welcome.service != service || welcome.version < versions.0 || welcome.version > versions.1 {
         return Err(WireError::Invalid(format!(
             "the agent answered for service {:?} version {}, but {service:?} {}..={} was asked",
             welcome.service, welcome.version, versions.0, versions.1

@@ -123,20 +123,20 @@ pub enum Command {
     /// --tty runs it on a pseudo-terminal. Exit status: the command's, 128+N for death by
     /// signal N, 127 not found, 126 not executable, 255 when hvsock itself failed.
     #[cfg(unix)]
-    Exec(crate::cmd::exec::ExecArgs),
+    Exec(crate::agent_args::ExecArgs),
     /// Open a login shell in a guest or sandbox on a terminal (hvsock exec --tty, the user's
     /// shell).
     #[cfg(unix)]
-    Shell(crate::cmd::exec::ShellArgs),
+    Shell(crate::agent_args::ShellArgs),
     /// Copy files and directories in and out of a guest or sandbox: one side is VM:/path.
     #[cfg(unix)]
-    Cp(crate::cmd::cp::CpArgs),
+    Cp(crate::agent_args::CpArgs),
     /// OpenSSH ProxyCommand: connect to VM's vsock port and hand ssh the socket.
     ///
     /// In ssh_config: `Host hvsock/*`, `ProxyCommand hvsock ssh-proxy %h %p`,
     /// `ProxyUseFdpass yes` (packaging/ssh/hvsock.conf); then `ssh hvsock/VM`.
     #[cfg(unix)]
-    SshProxy(crate::cmd::ssh_proxy::SshProxyArgs),
+    SshProxy(crate::agent_args::SshProxyArgs),
 }
 
 /// `hvsock registry …`.
@@ -379,7 +379,7 @@ pub enum VmCommand {
     /// Shut a guest down cleanly through its init (its hvsock-agent), and wait until it has
     /// gone.
     #[cfg(unix)]
-    Shutdown(crate::cmd::vm_shutdown::ShutdownArgs),
+    Shutdown(crate::agent_args::ShutdownArgs),
 }
 
 /// An address as typed and as parsed.

@@ -143,7 +143,9 @@ pub fn get(
         }
     };
     let kind = total.kind.ok_or_else(|| {
-        CopyError::Wire(WireError::Invalid("Total does not say what the root is".into()))
+        CopyError::Wire(WireError::Invalid(
+            "Total does not say what the root is".into(),
+        ))
     })?;
     let root = match recv::destination(dest, &name, kind) {
         Ok(root) => root,

@@ -266,8 +266,7 @@ pub fn check_relative(path: &str) -> Result<(), WireError> {
 
 /// Checks a source's name (one plain component).
 pub fn check_name(name: &str) -> Result<(), WireError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0')
-    {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
         return Err(WireError::Invalid(format!("{name:?} is not a file name")));
     }
     Ok(())
@@ -322,7 +321,9 @@ pub fn parse_tree_frame(frame: Frame) -> Result<TreeMsg, WireError> {
         FILE_END => {
             let end: FileEnd = frame.parse()?;
             if end.sha256.len() != 64 || !end.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(WireError::Invalid("FileEnd's sha256 is not 64 hex digits".into()));
+                return Err(WireError::Invalid(
+                    "FileEnd's sha256 is not 64 hex digits".into(),
+                ));
             }
             TreeMsg::FileEnd(end)
         }

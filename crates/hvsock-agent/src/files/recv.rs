@@ -145,12 +145,16 @@ pub fn receive(
             TreeMsg::Total(_) => return Err(invalid("Total came after the first entry".into())),
             TreeMsg::Dir(entry) => {
                 if entry.path.is_empty() && kind != Kind::Dir {
-                    return Err(invalid("the root is a directory, not the file announced".into()));
+                    return Err(invalid(
+                        "the root is a directory, not the file announced".into(),
+                    ));
                 }
                 let path = place(&entry, seen_root)?;
                 match fs::symlink_metadata(&path) {
                     Ok(meta) if meta.is_dir() => {}
-                    Ok(_) if entry.path.is_empty() && fs::metadata(&path).is_ok_and(|m| m.is_dir()) => {}
+                    Ok(_)
+                        if entry.path.is_empty()
+                            && fs::metadata(&path).is_ok_and(|m| m.is_dir()) => {}
                     Ok(_) => {
                         return Err(CopyError::new(
                             ErrorKind::Exists,
@@ -170,14 +174,19 @@ pub fn receive(
             }
             TreeMsg::File(entry) => {
                 if entry.path.is_empty() && kind != Kind::File {
-                    return Err(invalid("the root is a file, not the directory announced".into()));
+                    return Err(invalid(
+                        "the root is a file, not the directory announced".into(),
+                    ));
                 }
                 let dest = place(&entry, seen_root)?;
                 seen_root = true;
                 if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
                     return Err(CopyError::new(
                         ErrorKind::Exists,
-                        format!("{} is a directory: a file cannot replace it", dest.display()),
+                        format!(
+                            "{} is a directory: a file cannot replace it",
+                            dest.display()
+                        ),
                     ));
                 }
                 let tmp = temp_name(&dest);
@@ -255,7 +264,10 @@ pub fn receive(
                 if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                     return Err(CopyError::new(
                         ErrorKind::Exists,
-                        format!("{} is a directory: a symlink cannot replace it", path.display()),
+                        format!(
+                            "{} is a directory: a symlink cannot replace it",
+                            path.display()
+                        ),
                     ));
                 }
                 let tmp = temp_name(&path);

@@ -17,9 +17,20 @@ use crate::wire::{self, ErrorKind, Frame, MAX_DATA};
 /// One entry to send.
 #[derive(Debug, Clone)]
 enum Item {
-    Dir { rel: String, mode: u32 },
-    File { rel: String, abs: PathBuf, mode: u32, size: u64 },
-    Symlink { rel: String, target: String },
+    Dir {
+        rel: String,
+        mode: u32,
+    },
+    File {
+        rel: String,
+        abs: PathBuf,
+        mode: u32,
+        size: u64,
+    },
+    Symlink {
+        rel: String,
+        target: String,
+    },
 }
 
 /// A walked source, ready to send.
@@ -134,11 +145,7 @@ fn walk(dir: &Path, rel: String, plan: &mut Plan) -> Result<(), CopyError> {
 
 /// Sends the plan on `conn`: Total, the entries, End. `progress` is told each data chunk's
 /// size.
-pub fn send(
-    conn: &mut impl Write,
-    plan: &Plan,
-    progress: &dyn Fn(u64),
-) -> Result<End, CopyError> {
+pub fn send(conn: &mut impl Write, plan: &Plan, progress: &dyn Fn(u64)) -> Result<End, CopyError> {
     wire::write_frame(conn, &Frame::json(TOTAL, &plan.total))?;
     let mut end = End {
         files: 0,

@@ -15,8 +15,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
 use signal_hook::iterator::Signals;
 
 use super::{
-    EXIT, Exit, RESIZE, SIGNAL, START, STARTED, STDERR, STDIN, STDIN_EOF, STDOUT, SignalMsg,
-    Start, Started,
+    EXIT, Exit, RESIZE, SIGNAL, START, STARTED, STDERR, STDIN, STDIN_EOF, STDOUT, SignalMsg, Start,
+    Started,
 };
 use crate::term::{self, RawMode};
 use crate::wire::{self, Decoder, ErrorKind, Frame, MAX_DATA, RemoteError, WireError};
@@ -48,8 +48,14 @@ impl SessionError {
     /// 126 for one that may not run, 255 otherwise (as ssh does).
     pub fn exit_status(&self) -> i32 {
         match self {
-            SessionError::NotStarted { kind: ErrorKind::NotFound, .. } => 127,
-            SessionError::NotStarted { kind: ErrorKind::PermissionDenied, .. } => 126,
+            SessionError::NotStarted {
+                kind: ErrorKind::NotFound,
+                ..
+            } => 127,
+            SessionError::NotStarted {
+                kind: ErrorKind::PermissionDenied,
+                ..
+            } => 126,
             _ => 255,
         }
     }
@@ -103,9 +109,7 @@ pub fn run(stream: hvsock::HvStream, start: Start) -> Result<Exit, SessionError>
     } else {
         None
     };
-    let writer: Writer = Arc::new(Mutex::new(
-        stream.try_clone().map_err(SessionError::Setup)?,
-    ));
+    let writer: Writer = Arc::new(Mutex::new(stream.try_clone().map_err(SessionError::Setup)?));
     let gave_up = Arc::new(AtomicBool::new(false));
 
     let mut signals =
@@ -212,7 +216,11 @@ fn receive(stream: &hvsock::HvStream, decoder: &mut Decoder) -> Result<Exit, Ses
             STDOUT => {
                 if stdout_open {
                     let mut out = io::stdout().lock();
-                    if out.write_all(&frame.body).and_then(|()| out.flush()).is_err() {
+                    if out
+                        .write_all(&frame.body)
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
                         // Nobody reads our stdout any more: drop the rest, as a closed pipe would.
                         stdout_open = false;
                     }

@@ -322,7 +322,10 @@ mod tests {
         );
         assert_eq!(
             parse_host_frame(f(RESIZE, br#"{"rows":50,"cols":132}"#)).ok(),
-            Some(HostMsg::Resize(WinSize { rows: 50, cols: 132 }))
+            Some(HostMsg::Resize(WinSize {
+                rows: 50,
+                cols: 132
+            }))
         );
         for bad in [
             f(SIGNAL, br#"{"signal":"SEGV"}"#),

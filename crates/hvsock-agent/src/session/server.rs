@@ -204,7 +204,9 @@ fn spawn(start: &Start) -> Result<Running, RemoteError> {
     };
     cmd.current_dir(&cwd);
 
-    let switch = account.needs_switch().then(|| (account.clone(), account.gids()));
+    let switch = account
+        .needs_switch()
+        .then(|| (account.clone(), account.gids()));
     let io_err = |e: io::Error| RemoteError::new(ErrorKind::Other, format!("setting up: {e}"));
     let (io, pty_mode) = match &start.tty {
         Some(tty) => {

@@ -9,29 +9,12 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
-use clap::Args;
+use crate::agent_args::CpArgs;
 use hvsock_agent::files::{self, CopyError};
 use hvsock_agent::services::FILES;
 
 use super::CliError;
 use crate::context::Context;
-
-/// `hvsock cp`.
-#[derive(Debug, Args)]
-pub struct CpArgs {
-    /// Copy directories and what they hold.
-    #[arg(short, long)]
-    pub recursive: bool,
-    /// Say what was copied.
-    #[arg(short, long)]
-    pub verbose: bool,
-    /// The source: a local path, or VM:/path in a guest.
-    #[arg(value_name = "SRC")]
-    pub src: String,
-    /// The destination: a local path, or VM:/path in a guest.
-    #[arg(value_name = "DST")]
-    pub dst: String,
-}
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,11 +65,16 @@ pub fn run(ctx: &Context, args: CpArgs) -> Result<(), CliError> {
     match (parse_side(&args.src), parse_side(&args.dst)) {
         (Side::Local(src), Side::Remote(vm, dest)) => {
             let stream = super::agent::connect(ctx, &vm, FILES)?;
-            let end = files::client::put(&stream, &src, &dest, args.recursive, progress)
-                .map_err(|e| {
-                    let side = if matches!(e, CopyError::Remote(_)) { format!(" (in {vm})") } else { String::new() };
+            let end = files::client::put(&stream, &src, &dest, args.recursive, progress).map_err(
+                |e| {
+                    let side = if matches!(e, CopyError::Remote(_)) {
+                        format!(" (in {vm})")
+                    } else {
+                        String::new()
+                    };
                     copy_error(format!("copying {} to {vm}:{dest}{side}", src.display()), e)
-                })?;
+                },
+            )?;
             say(format!(
                 "copied {} files, {} bytes to {vm}:{dest}{}",
                 end.files,
@@ -99,7 +87,11 @@ pub fn run(ctx: &Context, args: CpArgs) -> Result<(), CliError> {
             let stream = super::agent::connect(ctx, &vm, FILES)?;
             let (root, end) = files::client::get(&stream, &src, &dest, args.recursive, progress)
                 .map_err(|e| {
-                    let side = if matches!(e, CopyError::Remote(_)) { format!(" (in {vm})") } else { String::new() };
+                    let side = if matches!(e, CopyError::Remote(_)) {
+                        format!(" (in {vm})")
+                    } else {
+                        String::new()
+                    };
                     copy_error(format!("copying {vm}:{src} to {}{side}", dest.display()), e)
                 })?;
             say(format!(

@@ -10,53 +10,12 @@
 
 use std::io::{self, Write};
 
-use clap::Args;
+use crate::agent_args::{ExecArgs, ShellArgs};
 use hvsock_agent::services::SESSION;
 use hvsock_agent::session::{self, Start, client};
 
 use super::CliError;
 use crate::context::Context;
-
-/// `hvsock exec`.
-#[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The partition: a name or a VmId.
-    #[arg(value_name = "VM")]
-    pub vm: String,
-    /// Run it on a pseudo-terminal (interactive programs, Ctrl-C as a key, window size).
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Set an environment variable for it; repeatable.
-    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Its working directory [default: the user's home].
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-    /// The guest user to run it as [default: the agent's, root].
-    #[arg(short, long, value_name = "USER")]
-    pub user: Option<String>,
-    /// The command and its arguments.
-    #[arg(value_name = "CMD", last = true, required = true, num_args = 1..)]
-    pub command: Vec<String>,
-}
-
-/// `hvsock shell`.
-#[derive(Debug, Args)]
-pub struct ShellArgs {
-    /// The partition: a name or a VmId.
-    #[arg(value_name = "VM")]
-    pub vm: String,
-    /// The guest user whose login shell to run [default: the agent's, root].
-    #[arg(short, long, value_name = "USER")]
-    pub user: Option<String>,
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not K=V")),
-    }
-}
 
 /// Runs `exec`; exits with the command's status.
 pub fn exec(ctx: &Context, args: ExecArgs) -> Result<(), CliError> {

@@ -13,7 +13,7 @@ use std::thread;
 use hvsock::{HvListener, HvStream, SockAddrHv};
 
 use super::CliError;
-use super::net::{Gate, tell};
+use super::serve::{Gate, tell};
 
 /// Serves connections on `listener` with `command` until stopped.
 pub fn serve(
@@ -36,7 +36,9 @@ pub fn serve(
         let mut child = match spawn(command, stream, peer) {
             Ok(child) => child,
             Err(e) => {
-                tell(format_args!("connection from {peer}: cannot run {command}: {e}"));
+                tell(format_args!(
+                    "connection from {peer}: cannot run {command}: {e}"
+                ));
                 continue;
             }
         };
@@ -60,7 +62,11 @@ pub fn serve(
     }
 }
 
-fn spawn(command: &str, stream: HvStream, peer: SockAddrHv) -> std::io::Result<std::process::Child> {
+fn spawn(
+    command: &str,
+    stream: HvStream,
+    peer: SockAddrHv,
+) -> std::io::Result<std::process::Child> {
     let local = stream.local_addr()?;
     let socket: OwnedFd = stream.into();
     let stdin = socket.try_clone()?;

@@ -26,6 +26,7 @@ pub mod generate;
 pub mod listen_exec;
 pub mod net;
 pub mod registry;
+pub mod serve;
 pub mod service;
 #[cfg(unix)]
 pub mod ssh_proxy;

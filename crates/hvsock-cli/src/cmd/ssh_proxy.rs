@@ -20,28 +20,13 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use clap::Args;
+use crate::agent_args::SshProxyArgs;
 use hvsock::{HvStream, ServiceId, SockAddrHv};
 
 use super::CliError;
 use crate::context::Context;
 use crate::copy;
 use crate::resolve::transport;
-
-/// `hvsock ssh-proxy`.
-#[derive(Debug, Args)]
-pub struct SshProxyArgs {
-    /// `hvsock/VM` (ssh's %h) or a partition's name or VmId.
-    #[arg(value_name = "HOST")]
-    pub host: String,
-    /// The vsock port (ssh's %p).
-    #[arg(value_name = "PORT", default_value_t = 22)]
-    pub port: u32,
-    /// How long to wait for the connection, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..=300_000))]
-    pub timeout: u64,
-}
 
 /// The partition named by ssh's host: `hvsock/VM`, `hvsock%VM` (for scp, which reads a `/`
 /// before the colon as a local path) or `VM`.

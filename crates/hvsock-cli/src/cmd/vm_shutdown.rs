@@ -5,41 +5,31 @@
 use std::io::Write;
 use std::time::Duration;
 
-use clap::Args;
+use crate::agent_args::ShutdownArgs;
 use hvsock_agent::services::SHUTDOWN;
 use hvsock_agent::shutdown::{self, Power, Request, ShutdownError};
 
 use super::CliError;
 use crate::context::Context;
 
-/// `hvsock vm shutdown`.
-#[derive(Debug, Args)]
-pub struct ShutdownArgs {
-    /// The partition: a name or a VmId.
-    #[arg(value_name = "VM")]
-    pub vm: String,
-    /// Reboot instead of powering off.
-    #[arg(long)]
-    pub reboot: bool,
-    /// Do not stop services cleanly: systemd kills them, other inits reboot(2) at once.
-    #[arg(long)]
-    pub force: bool,
-    /// How long to wait for the guest to go, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
-}
-
 /// Runs `vm shutdown`.
 pub fn run(ctx: &Context, args: ShutdownArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let stream = super::agent::connect(ctx, &args.vm, SHUTDOWN)?;
     let request = Request {
-        action: if args.reboot { Power::Reboot } else { Power::Poweroff },
+        action: if args.reboot {
+            Power::Reboot
+        } else {
+            Power::Poweroff
+        },
         force: args.force,
     };
-    let verb = if args.reboot { "rebooting" } else { "shutting down" };
-    let gone = shutdown::request(&stream, request, Duration::from_secs(args.timeout)).map_err(
-        |e| {
+    let verb = if args.reboot {
+        "rebooting"
+    } else {
+        "shutting down"
+    };
+    let gone =
+        shutdown::request(&stream, request, Duration::from_secs(args.timeout)).map_err(|e| {
             let kind = match e {
                 ShutdownError::StillUp { .. } => std::io::ErrorKind::TimedOut,
                 ShutdownError::Wire(_) => std::io::ErrorKind::Other,
@@ -48,13 +38,16 @@ pub fn run(ctx: &Context, args: ShutdownArgs, out: &mut dyn Write) -> Result<(),
                 doing: format!("{verb} {}", args.vm),
                 source: std::io::Error::new(kind, e.to_string()),
             }
-        },
-    )?;
+        })?;
     writeln!(
         out,
         "{}: {} ({}); gone after {:.1} s",
         args.vm,
-        if args.reboot { "rebooting" } else { "powered off" },
+        if args.reboot {
+            "rebooting"
+        } else {
+            "powered off"
+        },
         gone.how,
         gone.after.as_secs_f64()
     )?;
