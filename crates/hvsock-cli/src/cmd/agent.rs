@@ -7,8 +7,8 @@ use std::time::Duration;
 use hvsock::{HvStream, SockAddrHv, VmId, VmSpec};
 use hvsock_agent::services::Service;
 
-use super::CliError;
 use crate::context::Context;
+use crate::error::CliError;
 use crate::resolve::{partition_id, transport};
 
 /// How long to wait for the agent's connection by default: a VM's device may need several

@@ -6,15 +6,46 @@
 //! on a terminal a progress bar shows copies of 4 MiB or more. Errors name the side and the
 //! path: a missing path, no space, permission.
 
-use std::io::{self, IsTerminal, Write};
+#[cfg(target_os = "linux")]
+use std::io::{self, IsTerminal};
+use std::io::Write;
 use std::path::PathBuf;
 
-use crate::agent_args::CpArgs;
+use clap::Args;
+#[cfg(target_os = "linux")]
 use hvsock_agent::files::{self, CopyError};
+#[cfg(target_os = "linux")]
 use hvsock_agent::services::FILES;
 
-use super::CliError;
+use super::Run;
 use crate::context::Context;
+use crate::error::CliError;
+
+/// `hvsock cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy directories and what they hold.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Say what was copied.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The source: a local path, or VM:/path in a guest.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// The destination: a local path, or VM:/path in a guest.
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
+impl Run for CpArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
+        #[cfg(target_os = "linux")]
+        return run(ctx, self);
+        #[cfg(not(target_os = "linux"))]
+        Err(CliError::unsupported("`hvsock cp`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+    }
+}
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +67,7 @@ pub fn parse_side(s: &str) -> Side {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn copy_error(doing: String, e: CopyError) -> CliError {
     let kind = match &e {
         CopyError::Fs { kind, .. } => *kind,
@@ -54,6 +86,7 @@ fn copy_error(doing: String, e: CopyError) -> CliError {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// Runs `cp`.
 pub fn run(ctx: &Context, args: CpArgs) -> Result<(), CliError> {
     let progress = io::stderr().is_terminal();
@@ -120,6 +153,7 @@ pub fn run(ctx: &Context, args: CpArgs) -> Result<(), CliError> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn skipped(n: u64) -> String {
     if n == 0 {
         String::new()

@@ -8,16 +8,81 @@
 //! command's own, 128 + N if signal N killed it (as a shell reports), 127 if it was not found,
 //! 126 if it may not run, and 255 if hvsock itself failed (the reason on stderr), as ssh does.
 
-use std::io::{self, Write};
+#[cfg(target_os = "linux")]
+use std::io;
+use std::io::Write;
 
-use crate::agent_args::{ExecArgs, ShellArgs};
+use clap::Args;
+#[cfg(target_os = "linux")]
 use hvsock_agent::services::SESSION;
+#[cfg(target_os = "linux")]
 use hvsock_agent::session::{self, Start, client};
 
-use super::CliError;
+use super::Run;
 use crate::context::Context;
+use crate::error::CliError;
 
-/// Runs `exec`; exits with the command's status.
+/// `hvsock exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The partition: a name or a VmId.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Run it on a pseudo-terminal (interactive programs, Ctrl-C as a key, window size).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable for it; repeatable.
+    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Its working directory [default: the user's home].
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// The guest user to run it as [default: the agent's, root].
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The command and its arguments.
+    #[arg(value_name = "CMD", last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `hvsock shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The partition: a name or a VmId.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// The guest user whose login shell to run [default: the agent's, root].
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+impl Run for ExecArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
+        #[cfg(target_os = "linux")]
+        return exec(ctx, self);
+        #[cfg(not(target_os = "linux"))]
+        Err(CliError::unsupported("`hvsock exec`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+    }
+}
+
+impl Run for ShellArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
+        #[cfg(target_os = "linux")]
+        return shell(ctx, self);
+        #[cfg(not(target_os = "linux"))]
+        Err(CliError::unsupported("`hvsock shell`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+    }
+}
+
+#[cfg(target_os = "linux")]
+/// Runs `exec`; ends with the command's status.
 pub fn exec(ctx: &Context, args: ExecArgs) -> Result<(), CliError> {
     let start = Start {
         argv: args.command,
@@ -30,7 +95,8 @@ pub fn exec(ctx: &Context, args: ExecArgs) -> Result<(), CliError> {
     run(ctx, &args.vm, start)
 }
 
-/// Runs `shell`; exits with the shell's status.
+#[cfg(target_os = "linux")]
+/// Runs `shell`; ends with the shell's status.
 pub fn shell(ctx: &Context, args: ShellArgs) -> Result<(), CliError> {
     let start = Start {
         user: args.user,
@@ -41,6 +107,7 @@ pub fn shell(ctx: &Context, args: ShellArgs) -> Result<(), CliError> {
     run(ctx, &args.vm, start)
 }
 
+#[cfg(target_os = "linux")]
 fn run(ctx: &Context, vm: &str, start: Start) -> Result<(), CliError> {
     if let Err(e) = start.validate() {
         return Err(CliError::Socket {
@@ -50,19 +117,14 @@ fn run(ctx: &Context, vm: &str, start: Start) -> Result<(), CliError> {
     }
     let stream = match super::agent::connect(ctx, vm, SESSION) {
         Ok(s) => s,
-        Err(e) => finish(255, Some(&e.to_string())),
+        Err(e) => return Err(CliError::exited(255, Some(e.to_string()))),
     };
+    // The terminal is back to its mode by the time `run` returns.
     match session::client::run(stream, start) {
-        Ok(exit) => finish(exit.shell_status(), None),
-        Err(e) => finish(e.exit_status(), Some(&format!("in {vm}: {e}"))),
+        Ok(exit) => match exit.shell_status() {
+            0 => Ok(()),
+            status => Err(CliError::exited(status, None)),
+        },
+        Err(e) => Err(CliError::exited(e.exit_status(), Some(format!("in {vm}: {e}")))),
     }
-}
-
-/// Ends the process with `status`, after the message if any (the terminal is restored by now).
-fn finish(status: i32, message: Option<&str>) -> ! {
-    let _ = io::stdout().flush();
-    if let Some(m) = message {
-        let _ = writeln!(io::stderr(), "hvsock: {m}");
-    }
-    std::process::exit(status)
 }

@@ -16,17 +16,47 @@
 //!     CheckHostIP no
 //! ```
 
+#[cfg(target_os = "linux")]
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::fd::AsFd;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
-use crate::agent_args::SshProxyArgs;
+use clap::Args;
+#[cfg(target_os = "linux")]
 use hvsock::{HvStream, ServiceId, SockAddrHv};
 
-use super::CliError;
+use super::Run;
 use crate::context::Context;
+use crate::error::CliError;
+#[cfg(target_os = "linux")]
 use crate::copy;
+#[cfg(target_os = "linux")]
 use crate::resolve::transport;
+
+/// `hvsock ssh-proxy`.
+#[derive(Debug, Args)]
+pub struct SshProxyArgs {
+    /// `hvsock/VM` (ssh's %h) or a partition's name or VmId.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// The vsock port (ssh's %p).
+    #[arg(value_name = "PORT", default_value_t = 22)]
+    pub port: u32,
+    /// How long to wait for the connection, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub timeout: u64,
+}
+impl Run for SshProxyArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn std::io::Write) -> Result<(), CliError> {
+        #[cfg(target_os = "linux")]
+        return run(ctx, self);
+        #[cfg(not(target_os = "linux"))]
+        Err(CliError::unsupported("`hvsock ssh-proxy`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+    }
+}
 
 /// The partition named by ssh's host: `hvsock/VM`, `hvsock%VM` (for scp, which reads a `/`
 /// before the colon as a local path) or `VM`.
@@ -36,6 +66,7 @@ pub fn vm_of_host(host: &str) -> &str {
         .unwrap_or(host)
 }
 
+#[cfg(target_os = "linux")]
 /// Runs `ssh-proxy`.
 pub fn run(ctx: &Context, args: SshProxyArgs) -> Result<(), CliError> {
     let vm = vm_of_host(&args.host);

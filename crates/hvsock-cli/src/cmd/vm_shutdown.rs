@@ -3,16 +3,44 @@
 //! returns once the guest has gone (its agent's connection ended), or fails after the timeout.
 
 use std::io::Write;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
-use crate::agent_args::ShutdownArgs;
+use clap::Args;
+#[cfg(target_os = "linux")]
 use hvsock_agent::services::SHUTDOWN;
+#[cfg(target_os = "linux")]
 use hvsock_agent::shutdown::{self, Power, Request, ShutdownError};
 
-use super::CliError;
 use crate::context::Context;
+use crate::error::CliError;
+
+/// `hvsock vm shutdown`.
+#[derive(Debug, Args)]
+pub struct ShutdownArgs {
+    /// The partition: a name or a VmId.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Reboot instead of powering off.
+    #[arg(long)]
+    pub reboot: bool,
+    /// Do not stop services cleanly: systemd kills them, other inits reboot(2) at once.
+    #[arg(long)]
+    pub force: bool,
+    /// How long to wait for the guest to go, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
 
 /// Runs `vm shutdown`.
+#[cfg(not(target_os = "linux"))]
+pub fn run(_ctx: &Context, _args: ShutdownArgs, _out: &mut dyn Write) -> Result<(), CliError> {
+    Err(CliError::unsupported("`hvsock vm shutdown`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+}
+
+/// Runs `vm shutdown`.
+#[cfg(target_os = "linux")]
 pub fn run(ctx: &Context, args: ShutdownArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let stream = super::agent::connect(ctx, &args.vm, SHUTDOWN)?;
     let request = Request {
