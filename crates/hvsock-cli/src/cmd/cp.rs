@@ -6,9 +6,9 @@
 //! on a terminal a progress bar shows copies of 4 MiB or more. Errors name the side and the
 //! path: a missing path, no space, permission.
 
+use std::io::Write;
 #[cfg(target_os = "linux")]
 use std::io::{self, IsTerminal};
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -39,11 +39,15 @@ pub struct CpArgs {
 }
 
 impl Run for CpArgs {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
         #[cfg(target_os = "linux")]
         return run(ctx, self);
         #[cfg(not(target_os = "linux"))]
-        Err(CliError::unsupported("`hvsock cp`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+        Err(CliError::unsupported(
+            "`hvsock cp`",
+            "the integration services' clients (hvsock-agent's protocols) are built for Linux only",
+        ))
     }
 }
 

@@ -64,20 +64,28 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 impl Run for ExecArgs {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
         #[cfg(target_os = "linux")]
         return exec(ctx, self);
         #[cfg(not(target_os = "linux"))]
-        Err(CliError::unsupported("`hvsock exec`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+        Err(CliError::unsupported(
+            "`hvsock exec`",
+            "the integration services' clients (hvsock-agent's protocols) are built for Linux only",
+        ))
     }
 }
 
 impl Run for ShellArgs {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
         #[cfg(target_os = "linux")]
         return shell(ctx, self);
         #[cfg(not(target_os = "linux"))]
-        Err(CliError::unsupported("`hvsock shell`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+        Err(CliError::unsupported(
+            "`hvsock shell`",
+            "the integration services' clients (hvsock-agent's protocols) are built for Linux only",
+        ))
     }
 }
 
@@ -125,6 +133,9 @@ fn run(ctx: &Context, vm: &str, start: Start) -> Result<(), CliError> {
             0 => Ok(()),
             status => Err(CliError::exited(status, None)),
         },
-        Err(e) => Err(CliError::exited(e.exit_status(), Some(format!("in {vm}: {e}")))),
+        Err(e) => Err(CliError::exited(
+            e.exit_status(),
+            Some(format!("in {vm}: {e}")),
+        )),
     }
 }

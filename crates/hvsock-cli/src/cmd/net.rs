@@ -178,7 +178,13 @@ fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
         return Ok(copy::duplex(stream)?);
     }
     if let Some(command) = args.exec {
-        return keep_exec(&listener, &command, &what, args.max_connections, args.verbose);
+        return keep_exec(
+            &listener,
+            &command,
+            &what,
+            args.max_connections,
+            args.verbose,
+        );
     }
     keep(listener, what, args.max_connections, args.verbose)
 }
@@ -209,7 +215,9 @@ fn keep_exec(
         let mut child = match spawn_for(command, stream, peer) {
             Ok(child) => child,
             Err(e) => {
-                tell(format_args!("connection from {peer}: cannot run {command}: {e}"));
+                tell(format_args!(
+                    "connection from {peer}: cannot run {command}: {e}"
+                ));
                 continue;
             }
         };
@@ -243,11 +251,7 @@ fn keep_exec(_: &HvListener, _: &str, _: &str, _: u32, _: bool) -> Result<(), Cl
 
 /// `sh -c command` on the connection.
 #[cfg(unix)]
-fn spawn_for(
-    command: &str,
-    stream: HvStream,
-    peer: SockAddrHv,
-) -> io::Result<std::process::Child> {
+fn spawn_for(command: &str, stream: HvStream, peer: SockAddrHv) -> io::Result<std::process::Child> {
     use std::process::{Command as Process, Stdio};
     let local = stream.local_addr()?;
     let socket: std::os::fd::OwnedFd = stream.into();

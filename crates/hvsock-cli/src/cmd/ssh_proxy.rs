@@ -29,9 +29,9 @@ use hvsock::{HvStream, ServiceId, SockAddrHv};
 
 use super::Run;
 use crate::context::Context;
-use crate::error::CliError;
 #[cfg(target_os = "linux")]
 use crate::copy;
+use crate::error::CliError;
 #[cfg(target_os = "linux")]
 use crate::resolve::transport;
 
@@ -50,11 +50,15 @@ pub struct SshProxyArgs {
     pub timeout: u64,
 }
 impl Run for SshProxyArgs {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     fn run(self, ctx: &Context, _out: &mut dyn std::io::Write) -> Result<(), CliError> {
         #[cfg(target_os = "linux")]
         return run(ctx, self);
         #[cfg(not(target_os = "linux"))]
-        Err(CliError::unsupported("`hvsock ssh-proxy`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+        Err(CliError::unsupported(
+            "`hvsock ssh-proxy`",
+            "the integration services' clients (hvsock-agent's protocols) are built for Linux only",
+        ))
     }
 }
 

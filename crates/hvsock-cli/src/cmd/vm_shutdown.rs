@@ -36,7 +36,10 @@ pub struct ShutdownArgs {
 /// Runs `vm shutdown`.
 #[cfg(not(target_os = "linux"))]
 pub fn run(_ctx: &Context, _args: ShutdownArgs, _out: &mut dyn Write) -> Result<(), CliError> {
-    Err(CliError::unsupported("`hvsock vm shutdown`", "the integration services' clients (hvsock-agent's protocols) are built for Linux only"))
+    Err(CliError::unsupported(
+        "`hvsock vm shutdown`",
+        "the integration services' clients (hvsock-agent's protocols) are built for Linux only",
+    ))
 }
 
 /// Runs `vm shutdown`.
