@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hvsock::{HvListener, HvStream, SockAddrHv, Transport, VmId};
 
+use crate::link::{self, TimeMode};
 use crate::services::{self, Direction, Service};
 use crate::shutdown::Action;
 use crate::wire::{self, ErrorKind, RemoteError};
@@ -20,10 +21,14 @@ use crate::wire::{self, ErrorKind, RemoteError};
 pub struct Config {
     /// How to reach the host.
     pub transport: Transport,
-    /// The guest-served services to serve.
+    /// The services to serve (guest-served) or keep a connection to (host-served).
     pub services: Vec<Service>,
     /// How to shut the system down.
     pub shutdown: Action,
+    /// Whether time sync sets the clock.
+    pub time: TimeMode,
+    /// Where the key-value pools live.
+    pub kvp_dir: std::path::PathBuf,
     /// Most connections served at once, over all services.
     pub max_sessions: usize,
 }
@@ -68,6 +73,15 @@ pub fn default_shutdown(transport: &Transport) -> Action {
     }
 }
 
+/// The default time mode: set the clock inside a VM; only measure in a sandbox, whose clock
+/// is the host kernel's own.
+pub fn default_time_mode(transport: &Transport) -> TimeMode {
+    match transport {
+        Transport::Vsock => TimeMode::Set,
+        _ => TimeMode::Report,
+    }
+}
+
 /// Whether a connection may be served: over vsock only the host (CID 2, seen as PARENT) may
 /// connect; through hvsockd the PARENT binding already admits the parent alone.
 pub fn trusted(transport: &Transport, peer: &SockAddrHv) -> bool {
@@ -94,6 +108,19 @@ pub fn run(config: Config) -> io::Result<()> {
             thread::Builder::new()
                 .name(service.key.into())
                 .spawn(move || serve_forever(&config, service, &active))?,
+        );
+    }
+    for service in config
+        .services
+        .iter()
+        .copied()
+        .filter(|s| s.direction == Direction::HostServed)
+    {
+        let config = config.clone();
+        threads.push(
+            thread::Builder::new()
+                .name(service.key.into())
+                .spawn(move || keep_one(&config, service))?,
         );
     }
     if threads.is_empty() {
@@ -148,6 +175,19 @@ fn serve_forever(config: &Config, service: Service, active: &Arc<AtomicUsize>) {
                 }
             }
         }
+    }
+}
+
+/// Keeps the connection of one host-served service.
+fn keep_one(config: &Config, service: Service) {
+    let transport = &config.transport;
+    match service.key {
+        "heartbeat" => link::keep_linked(transport, service, link::heartbeat),
+        "time" => link::keep_linked(transport, service, |s| link::time_sync(s, config.time)),
+        "kvp" => link::keep_linked(transport, service, |s| {
+            link::kvp_exchange(s, &config.kvp_dir)
+        }),
+        other => tracing::error!("no client for service {other}"),
     }
 }
 
@@ -209,9 +249,9 @@ fn serve_one(service: Service, stream: &HvStream, peer: &SockAddrHv, shutdown: &
     }
 }
 
-/// The guest-served services, less those named in `disabled` (keys); an unknown key is an
-/// error that lists the known ones.
-pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
+/// Every service, less those named in `disabled` (keys); an unknown key is an error that
+/// lists the known ones.
+pub fn services(disabled: &[String]) -> Result<Vec<Service>, String> {
     for key in disabled {
         if services::by_key(key).is_none() {
             let known: Vec<&str> = services::ALL.iter().map(|s| s.key).collect();
@@ -223,7 +263,6 @@ pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
     }
     Ok(services::ALL
         .into_iter()
-        .filter(|s| s.direction == Direction::GuestServed)
         .filter(|s| !disabled.iter().any(|d| d == s.key))
         .collect())
 }
@@ -261,11 +300,11 @@ mod tests {
 
     #[test]
     fn disabled_services_are_left_out_and_unknown_ones_named() {
-        let s = guest_services(&["files".into()]).expect("known");
+        let s = services(&["files".into(), "time".into()]).expect("known");
         assert_eq!(
             s.iter().map(|s| s.key).collect::<Vec<_>>(),
-            ["session", "shutdown"]
+            ["session", "shutdown", "heartbeat", "kvp"]
         );
-        assert!(guest_services(&["nope".into()]).is_err());
+        assert!(services(&["nope".into()]).is_err());
     }
 }
