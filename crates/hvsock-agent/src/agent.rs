@@ -7,10 +7,10 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use hvsock::{HvListener, HvStream, SockAddrHv, Transport, VmId};
 
+use crate::backoff::Backoff;
 use crate::link::{self, TimeMode};
 use crate::services::{self, Direction, Service};
 use crate::shutdown::Action;
@@ -31,37 +31,6 @@ pub struct Config {
     pub kvp_dir: std::path::PathBuf,
     /// Most connections served at once, over all services.
     pub max_sessions: usize,
-}
-
-/// Back-off between attempts to bind: 100 ms, doubling up to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            next: Backoff::FIRST,
-        }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// The next wait.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        wait
-    }
-
-    /// Back to the first wait, after a success.
-    pub fn reset(&mut self) {
-        self.next = Backoff::FIRST;
-    }
 }
 
 /// The default shutdown action for a transport: the init system inside a VM; none in a
@@ -270,17 +239,6 @@ pub fn services(disabled: &[String]) -> Result<Vec<Service>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap_and_resets() {
-        let mut b = Backoff::default();
-        let waits: Vec<_> = (0..8).map(|_| b.next_wait()).collect();
-        assert_eq!(waits[0], Duration::from_millis(100));
-        assert_eq!(waits[1], Duration::from_millis(200));
-        assert_eq!(waits[7], Duration::from_secs(5));
-        b.reset();
-        assert_eq!(b.next_wait(), Duration::from_millis(100));
-    }
 
     #[test]
     fn over_vsock_only_the_host_is_trusted() {

@@ -37,7 +37,7 @@
 //!   [`kvp::Mirror`]) for hvsockd to drive;
 //! - [`link`]: the agent's side of those, one persistent connection each, made again with
 //!   back-off; [`kvp_files`]: `hvsock-agent kvp`, the pools as files in the guest;
-//! - [`agent`]: the daemon (binding with back-off, one thread per connection);
+//! - [`agent`]: the daemon (binding with [`backoff`], one thread per connection);
 //! - [`term`]: pseudo-terminals in the guest, raw mode on the host;
 //! - [`user`]: guest accounts for `--user`.
 
@@ -54,6 +54,7 @@ pub mod time;
 
 #[cfg(target_os = "linux")]
 pub mod agent;
+pub mod backoff;
 #[cfg(target_os = "linux")]
 pub mod kvp_files;
 #[cfg(target_os = "linux")]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hvsock::{HvStream, SockAddrHv, Transport, VmId};
 
-use crate::agent::Backoff;
+use crate::backoff::Backoff;
 use crate::kvp::{self, Mirror, Msg};
 use crate::services::Service;
 use crate::wire::{self, Decoder, Frame, WireError};
