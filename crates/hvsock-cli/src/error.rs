@@ -53,6 +53,15 @@ pub enum CliError {
         /// Why, and what to do instead.
         why: &'static str,
     },
+    /// A command run in a guest (`hvsock exec`) ended with a status other than 0, or could not
+    /// run: `main.rs` exits with `status` (after `message` on stderr, if any) instead of 1.
+    #[error("{}", message.as_deref().unwrap_or("the command failed"))]
+    Exited {
+        /// The exit status (a signal's is 128 + N; 255 when hvsock itself failed).
+        status: u8,
+        /// What hvsock has to say, if anything (nothing when the command merely failed).
+        message: Option<String>,
+    },
     /// Writing a file failed.
     #[error("{doing} {}: {source}", path.display())]
     File {
@@ -70,6 +79,14 @@ impl CliError {
     /// A command or flag that means nothing on this platform, and why.
     pub fn unsupported(what: &'static str, why: &'static str) -> CliError {
         CliError::Unsupported { what, why }
+    }
+
+    /// A command elsewhere ended with `status` (clamped to 0..=255), saying `message` if any.
+    pub fn exited(status: i32, message: Option<String>) -> CliError {
+        CliError::Exited {
+            status: u8::try_from(status).unwrap_or(255),
+            message,
+        }
     }
 
     /// Whether the failure is only that stdout was closed by its reader (`hvsock … | head`),

@@ -16,7 +16,17 @@
 //! hvsock connect [--as VM] [--timeout MS] ADDR
 //! hvsock addr ADDR
 //! hvsock stats
+//! hvsock listen --keep --exec CMD ADDR
+//! hvsock exec VM [--tty] [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARGS...]
+//! hvsock shell VM [--user USER]
+//! hvsock cp [-r] [-v] SRC DST                 # one side VM:/path
+//! hvsock vm shutdown VM [--reboot] [--force] [--timeout SECS]
+//! hvsock ssh-proxy HOST [PORT]                # OpenSSH ProxyCommand with ProxyUseFdpass
 //! ```
+//!
+//! `exec`, `shell`, `cp` and `vm shutdown` talk to `hvsock-agent` in the partition; the
+//! protocols and their host side are in the `hvsock_agent` crate, so those commands only
+//! parse flags. `exec` and `shell` exit with the command's status (see [`cmd::exec`]).
 //!
 //! Every command takes `--dir DIR`; list, show, children, policy, addr, stats, listeners and
 //! registry import take `--json`. Exit status: 0

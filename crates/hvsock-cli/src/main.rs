@@ -24,10 +24,18 @@ fn main() -> ExitCode {
 }
 
 /// The exit status of a failed command, with the reason on stderr: 1, or a quiet 0 when the
-/// failure is only that stdout was closed by its reader (`hvsock … | head`).
+/// failure is only that stdout was closed by its reader (`hvsock … | head`), or the status of
+/// a command run in a guest (`hvsock exec`).
 fn report(err: &CliError) -> ExitCode {
     if err.is_stdout_closed() {
         return ExitCode::SUCCESS;
+    }
+    // `hvsock exec`: the guest command's own status.
+    if let CliError::Exited { status, message } = err {
+        if let Some(message) = message {
+            let _ = writeln!(io::stderr(), "hvsock: {message}");
+        }
+        return ExitCode::from(*status);
     }
     let _ = writeln!(io::stderr(), "hvsock: {err}");
     ExitCode::FAILURE

@@ -9,6 +9,8 @@
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats` and `hvsock listeners`
 //! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
+//! - [`exec`], [`cp`], [`vm_shutdown`] (with `agent`): the integration services' commands,
+//!   talking to `hvsock-agent` in a partition; [`ssh_proxy`]: `hvsock ssh-proxy`
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
 //! a [`CliError`] on failure; they never print errors themselves nor exit, so that every
@@ -25,12 +27,18 @@
 //! `ID|NAME`, `--json`) are in [`crate::args`].
 
 pub mod addr;
+#[cfg(target_os = "linux")]
+pub mod agent;
+pub mod cp;
+pub mod exec;
 pub mod generate;
 pub mod net;
 pub mod registry;
 pub mod service;
+pub mod ssh_proxy;
 pub mod stats;
 pub mod vm;
+pub mod vm_shutdown;
 
 use std::io::Write;
 
@@ -115,6 +123,22 @@ commands! {
     /// Export or import the whole registry (services, policies, partitions).
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Run a command in a guest or sandbox through its hvsock-agent (VM session service).
+    ///
+    /// stdout and stderr are kept apart, stdin is streamed, Ctrl-C and SIGTERM are forwarded;
+    /// --tty runs it on a pseudo-terminal. Exit status: the command's, 128+N for death by
+    /// signal N, 127 not found, 126 not executable, 255 when hvsock itself failed.
+    Exec(exec::ExecArgs),
+    /// Open a login shell in a guest or sandbox on a terminal (hvsock exec --tty, the user's
+    /// shell).
+    Shell(exec::ShellArgs),
+    /// Copy files and directories in and out of a guest or sandbox: one side is VM:/path.
+    Cp(cp::CpArgs),
+    /// OpenSSH ProxyCommand: connect to VM's vsock port and hand ssh the socket.
+    ///
+    /// In ssh_config: `Host hvsock/* hvsock%*`, `ProxyCommand hvsock ssh-proxy %h %p`,
+    /// `ProxyUseFdpass yes` (packaging/ssh/hvsock.conf); then `ssh hvsock/VM`.
+    SshProxy(ssh_proxy::SshProxyArgs),
 }
 
 /// An admin API client, or the error of not having one, said as `doing`.

@@ -42,6 +42,11 @@ pub struct ListenArgs {
     /// stdout (whole chunks, never mixed mid-chunk), close each when its peer half-closes.
     #[arg(long)]
     pub keep: bool,
+    /// With --keep: run CMD (with `sh -c`) for each connection, the socket as its stdin and
+    /// stdout, like inetd or systemd's Accept=yes (HVSOCK_PEER and HVSOCK_LOCAL name the
+    /// ends).
+    #[arg(long, value_name = "CMD", requires = "keep")]
+    pub exec: Option<String>,
     /// With --keep: how many connections to serve at once; more wait in the backlog.
     #[arg(long, value_name = "N", default_value_t = 256, requires = "keep",
           value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -172,7 +177,93 @@ fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
         }
         return Ok(copy::duplex(stream)?);
     }
+    if let Some(command) = args.exec {
+        return keep_exec(
+            &listener,
+            &command,
+            &what,
+            args.max_connections,
+            args.verbose,
+        );
+    }
     keep(listener, what, args.max_connections, args.verbose)
+}
+
+/// `listen --keep --exec CMD`: inetd for Hyper-V sockets (systemd's `Accept=yes`). Each
+/// connection runs `sh -c CMD` with the socket as its stdin and stdout (stderr stays ours) and
+/// `HVSOCK_PEER` / `HVSOCK_LOCAL` naming both ends, at most `max` at once, until an accept
+/// fails. E.g. `--exec '/usr/sbin/sshd -i' wildcard:22` serves ssh over vsock port 22, as
+/// systemd's `sshd-vsock.socket` does in a guest.
+#[cfg(unix)]
+fn keep_exec(
+    listener: &HvListener,
+    command: &str,
+    what: &str,
+    max: u32,
+    verbose: bool,
+) -> Result<(), CliError> {
+    let gate = Gate::new(max);
+    loop {
+        let permit = gate.acquire();
+        let (stream, peer) = listener.accept().map_err(|source| CliError::Socket {
+            doing: format!("accepting on {what}"),
+            source,
+        })?;
+        if verbose {
+            tell(format_args!("connection from {peer}: running {command}"));
+        }
+        let mut child = match spawn_for(command, stream, peer) {
+            Ok(child) => child,
+            Err(e) => {
+                tell(format_args!(
+                    "connection from {peer}: cannot run {command}: {e}"
+                ));
+                continue;
+            }
+        };
+        let command = command.to_owned();
+        let waiter = thread::Builder::new()
+            .name(format!("exec {peer}"))
+            .spawn(move || {
+                let status = child.wait();
+                drop(permit);
+                match status {
+                    Ok(s) if verbose || !s.success() => {
+                        tell(format_args!("connection from {peer}: {command}: {s}"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => tell(format_args!("connection from {peer}: waiting: {e}")),
+                }
+            });
+        if let Err(e) = waiter {
+            tell(format_args!("cannot wait for the command of {peer}: {e}"));
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn keep_exec(_: &HvListener, _: &str, _: &str, _: u32, _: bool) -> Result<(), CliError> {
+    Err(CliError::unsupported(
+        "--exec",
+        "it hands the socket to a command as its stdin and stdout, which needs Unix descriptors",
+    ))
+}
+
+/// `sh -c command` on the connection.
+#[cfg(unix)]
+fn spawn_for(command: &str, stream: HvStream, peer: SockAddrHv) -> io::Result<std::process::Child> {
+    use std::process::{Command as Process, Stdio};
+    let local = stream.local_addr()?;
+    let socket: std::os::fd::OwnedFd = stream.into();
+    let stdin = socket.try_clone()?;
+    Process::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(socket))
+        .env("HVSOCK_PEER", peer.to_string())
+        .env("HVSOCK_LOCAL", local.to_string())
+        .spawn()
 }
 
 /// `listen --keep`: serves connections until an accept or stdout fails, and returns that

@@ -60,6 +60,9 @@ pub enum VmCommand {
     Rename(VmRenameArgs),
     /// List a partition's direct children.
     Children(ShowArgs),
+    /// Shut a guest down cleanly through its init (its hvsock-agent), and wait until it has
+    /// gone.
+    Shutdown(super::vm_shutdown::ShutdownArgs),
 }
 
 /// `hvsock vm rename ID|NAME NEW`.
@@ -100,6 +103,7 @@ pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), Cli
         VmCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
         VmCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
         VmCommand::Children(args) => children(ctx, &args.key, args.json, out),
+        VmCommand::Shutdown(args) => super::vm_shutdown::run(ctx, args, out),
     }
 }
 
