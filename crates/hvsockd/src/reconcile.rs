@@ -93,18 +93,24 @@ impl Reconciler {
     }
 
     /// Makes a pass on every change of the world until `shutdown`.
+    ///
+    /// It compares generations rather than trusting the channel's "seen" mark alone: the task
+    /// may first run after a change (even after [`Sync::settled`] asked for a pass), and a
+    /// change between a pass and the next wait must not be missed either.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut changes = self.world.subscribe();
-        changes.mark_unchanged();
         loop {
+            changes.mark_unchanged();
+            if self.world.generation() != self.applied.borrow().generation {
+                self.pass();
+                continue;
+            }
             let retry = !self.applied.borrow().guest_ports_complete;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(RETRY), if retry => {}
+                () = tokio::time::sleep(RETRY), if retry => { self.pass(); }
             }
-            changes.mark_unchanged();
-            self.pass();
         }
     }
 }
