@@ -128,3 +128,45 @@ impl Sync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::Limits;
+    use hvsock::dirs::Dirs;
+
+    /// Regression: the task subscribed after a change and a request for a pass, marked them
+    /// seen, and the request waited for ever.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pass_asked_for_before_the_task_first_runs_still_comes() {
+        let f = crate::testing::fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(tmp.path());
+        std::fs::create_dir_all(dirs.partitions()).unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = Limits::default();
+        let endpoints = Arc::new(Endpoints::new(
+            f.broker.clone(),
+            limits,
+            dirs.clone(),
+            shutdown.clone(),
+        ));
+        let guest_ports = Arc::new(GuestPorts::new(f.broker.clone(), limits, shutdown.clone()));
+        let reconciler = Reconciler::new(f.broker.world().clone(), endpoints, guest_ports);
+        // As at start-up: one pass first, which leaves nothing to retry.
+        assert!(reconciler.pass().guest_ports_complete);
+        f.broker.world().kick();
+        let sync = reconciler.sync();
+        tokio::spawn(reconciler.run(shutdown.clone()));
+        // `settled` asks for a pass before the task has run at all.
+        // Well within RETRY, which would otherwise hide the bug.
+        let applied = tokio::time::timeout(RETRY / 2, sync.settled())
+            .await
+            .expect("no pass came");
+        assert!(applied.endpoint_failures.is_empty(), "{applied:?}");
+        assert!(dirs.partition_socket(f.sandbox).exists());
+        shutdown.cancel();
+    }
+}
