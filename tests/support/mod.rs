@@ -8,6 +8,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod c;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
