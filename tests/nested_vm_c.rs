@@ -117,8 +117,6 @@ fn build_guest(cache: &Path, musl: &str) -> PathBuf {
             .env("HVSOCK_CACHE", cache)
             .current_dir(repo()),
     );
-    // The libraries the static library needs (pkg-config's Libs.private), minus libhvsock
-    // itself, which is named by path; musl's libc.a has them all but libunwind (Rust's own).
     let sysroot = String::from_utf8_lossy(
         &run(
             "rustc --print sysroot",
@@ -144,8 +142,10 @@ fn build_guest(cache: &Path, musl: &str) -> PathBuf {
             // The weak hv_last_error() of the example: pull it from the archive.
             .arg("-Wl,-u,hv_last_error")
             .arg(stage.join("usr/lib/libhvsock.a"))
-            .arg(format!("-L{self_contained}"))
-            .args(["-lunwind", "-lpthread"]),
+            // Rust's unwinder, which the static library needs (rustc's native-static-libs);
+            // by path, so that musl-gcc's own libc.a stays the libc.
+            .arg(format!("{self_contained}/libunwind.a"))
+            .arg("-lpthread"),
     );
     out
 }

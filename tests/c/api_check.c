@@ -550,6 +550,32 @@ static void check_fork(void)
     CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
           "the child's accept (status %d)", status);
     close(c);
+
+    /* A child that closes every descriptor and reuses the numbers (as daemons do), then
+       connects: libhvsock must not close the parent's control connection by its old number,
+       which is now one of the child's files. */
+    pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        int fd, s;
+        SOCKADDR_HV to = hvaddr(HV_GUID_LOOPBACK, base + 10);
+        for (fd = 3; fd < 256; fd++)
+            close(fd);
+        for (fd = 3; fd < 64; fd++)
+            if (open("/dev/null", O_RDONLY) != fd)
+                _exit(5);
+        s = socket(AF_HYPERV, SOCK_STREAM, HV_PROTOCOL_RAW);
+        if (s < 0 || connect(s, (struct sockaddr *)&to, sizeof to) != 0)
+            _exit(6);
+        for (fd = 3; fd < 64; fd++)
+            if (fcntl(fd, F_GETFD) < 0)
+                _exit(7); /* one of the child's files was closed behind its back */
+        _exit(0);
+    }
+    a = accept_within(l, &peer);
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a child that reused its descriptors (status %d)", status);
+    close(a);
     close(l);
     printf("ok fork\n");
 }

@@ -94,6 +94,9 @@ pub extern "C" fn close(fd: c_int) -> c_int {
     capi::hv_close(fd)
 }
 
+// In a fully static link with musl, whose libc.a defines epoll_ctl in one object with the rest of
+// epoll, a program that uses epoll gets "multiple definition of epoll_ctl": link it with
+// -Wl,--allow-multiple-definition (libhvsock.a before libc, so this one wins). docs/c.md says so.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn epoll_ctl(
     epfd: c_int,
