@@ -577,6 +577,35 @@ static void check_fork(void)
           "a child that reused its descriptors (status %d)", status);
     close(a);
     close(l);
+
+    /* A non-blocking connect under way at the fork completes in the parent only; in the child
+       the socket is writable at once with ECONNABORTED in SO_ERROR. */
+    l = hvlisten(HV_GUID_LOOPBACK, base + 13, 1);
+    {
+        int first = hvsocket(0), pending = hvsocket(SOCK_NONBLOCK);
+        CHECK(hvconnect(first, HV_GUID_LOOPBACK, base + 13) == 0, "fills the backlog");
+        EXPECT_ERRNO(hvconnect(pending, HV_GUID_LOOPBACK, base + 13), EINPROGRESS);
+        pid = fork();
+        CHECK(pid >= 0, "fork");
+        if (pid == 0) {
+            int v = -1;
+            socklen_t len = sizeof v;
+            if (!(wait_fd(pending, POLLOUT, 1000) & POLLOUT))
+                _exit(8);
+            if (getsockopt(pending, SOL_SOCKET, SO_ERROR, &v, &len) != 0 || v != ECONNABORTED)
+                _exit(9);
+            _exit(0);
+        }
+        CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "a connect under way in the child (status %d)", status);
+        a = accept_within(l, &peer); /* the parent's backlog frees up: its connect completes */
+        CHECK(wait_fd(pending, POLLOUT, 5000) & POLLOUT, "the parent's connect completes");
+        CHECK(so_error(pending) == 0, "in the parent");
+        close(a);
+        close(pending);
+        close(first);
+    }
+    close(l);
     printf("ok fork\n");
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int) -> Option<Result
 }
 
 fn new_socket(ty: c_int, protocol: c_int) -> Result<c_int> {
+    fork_safe();
     let flags = ty & (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     if ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != libc::SOCK_STREAM {
         return Err(err(
@@ -580,6 +581,41 @@ pub(crate) fn end_connect_in_child(fd: RawFd, entry: &mut Entry) -> Result<()> {
         entry.ident = ident;
     }
     Ok(())
+}
+
+/// Registers the fork handlers, once (before the first `AF_HYPERV` socket exists).
+fn fork_safe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are plain functions that live as long as the process (a linked
+        // or preloaded libhvsock is never unloaded).
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_parent),
+                Some(after_fork_child),
+            )
+        };
+    });
+}
+
+unsafe extern "C" fn before_fork() {
+    table::hold_for_fork();
+}
+
+unsafe extern "C" fn after_fork_parent() {
+    table::release_after_fork();
+}
+
+/// In the child: the threads running non-blocking connects stayed in the parent, so those
+/// connects end here ([`end_connect_in_child`]); then the lock is released.
+unsafe extern "C" fn after_fork_child() {
+    let Some(mut locked) = table::held_after_fork() else {
+        return;
+    };
+    for (&fd, entry) in locked.entries() {
+        let _ = end_connect_in_child(fd, entry);
+    }
 }
 
 /// `close`.

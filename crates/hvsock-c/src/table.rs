@@ -25,8 +25,8 @@
 //!   which come back through libhvsock's exported names; [`guarded`] marks the thread as
 //!   "inside the crate" so that those calls go straight to libc ([`inside`]).
 //! - `fork`: the lock is taken before the fork and released in both processes after it
-//!   (`pthread_atfork`), so a child never inherits it locked; in the child, a non-blocking
-//!   connect whose helper thread stayed in the parent fails with `ECONNABORTED`.
+//!   ([`hold_for_fork`] and the two after it, called by `ops`' `pthread_atfork` handlers), so a
+//!   child never inherits it locked.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -219,24 +219,34 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> T {
 /// The locked table.
 pub(crate) struct Locked(MutexGuard<'static, Option<Table>>);
 
-/// Takes the table lock (setting up the fork handlers the first time).
+/// Takes the table lock (resolving libc's functions the first time).
 pub(crate) fn lock() -> Locked {
     static SETUP: Once = Once::new();
-    SETUP.call_once(|| {
-        crate::real::resolve_all();
-        // SAFETY: the handlers are plain functions that live as long as the process (a
-        // preloaded or linked libhvsock is never unloaded).
-        unsafe {
-            libc::pthread_atfork(
-                Some(atfork_prepare),
-                Some(atfork_parent),
-                Some(atfork_child),
-            );
-        }
-    });
+    SETUP.call_once(crate::real::resolve_all);
     let mut guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     guard.get_or_insert_with(Table::default);
     Locked(guard)
+}
+
+/// Before a fork: takes the lock and keeps it in this thread (see `ops`' fork handlers).
+pub(crate) fn hold_for_fork() {
+    let guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = FORK_GUARD.try_with(|g| *g.borrow_mut() = Some(guard));
+}
+
+/// After a fork, in the parent: releases the lock [`hold_for_fork`] took.
+pub(crate) fn release_after_fork() {
+    let _ = FORK_GUARD.try_with(|g| g.borrow_mut().take());
+}
+
+/// After a fork, in the child: the lock [`hold_for_fork`] took, still held, to fix the table up
+/// with before releasing it.
+pub(crate) fn held_after_fork() -> Option<Locked> {
+    FORK_GUARD
+        .try_with(|g| g.borrow_mut().take())
+        .ok()
+        .flatten()
+        .map(Locked)
 }
 
 impl Locked {
@@ -294,7 +304,7 @@ impl Locked {
     }
 
     /// Every entry (for the fork handler).
-    fn entries(&mut self) -> impl Iterator<Item = (&RawFd, &mut Entry)> {
+    pub(crate) fn entries(&mut self) -> impl Iterator<Item = (&RawFd, &mut Entry)> {
         self.table().entries.iter_mut()
     }
 }
@@ -310,29 +320,5 @@ fn forget_owned(entry: Entry) {
             }
         }
         State::Connected { .. } => {}
-    }
-}
-
-unsafe extern "C" fn atfork_prepare() {
-    let guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = FORK_GUARD.try_with(|g| *g.borrow_mut() = Some(guard));
-}
-
-unsafe extern "C" fn atfork_parent() {
-    let _ = FORK_GUARD.try_with(|g| g.borrow_mut().take());
-}
-
-unsafe extern "C" fn atfork_child() {
-    let Ok(Some(guard)) = FORK_GUARD.try_with(|g| g.borrow_mut().take()) else {
-        return;
-    };
-    let mut locked = Locked(guard);
-    // The threads running connects stayed in the parent: those connects end here.
-    for (&fd, entry) in locked.entries() {
-        if let State::Unconnected(unc) = &mut entry.state {
-            if unc.connecting.is_some() {
-                let _ = crate::ops::end_connect_in_child(fd, entry);
-            }
-        }
     }
 }
