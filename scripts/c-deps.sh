@@ -4,8 +4,9 @@
 #
 #   scripts/c-deps.sh          prints the directory that holds cargo-cbuild / cargo-cinstall
 #
-# The cache is ${HVSOCK_CACHE:-<repo>/.cache}/cargo-c (building cargo-c takes several minutes
-# on two cores; a rerun takes well under a second). The C compiler, pkg-config and python3 are
+# It uses a cargo-c of that version already on PATH, else the one in
+# ${HVSOCK_CACHE:-<repo>/.cache}/cargo-c, else builds it there (several minutes on two cores; a
+# rerun takes well under a second). The C compiler, pkg-config and python3 are
 # the system's own (Debian: gcc, g++, pkg-config, python3); musl-gcc (musl-tools), for the
 # nested-VM guest's static build, is installed by scripts/nested-vm/setup.sh.
 set -euo pipefail
@@ -30,6 +31,12 @@ fi
 
 if [[ -f "$stamp" && -x "$bin/cargo-cinstall" && -x "$bin/cargo-cbuild" ]]; then
     echo "$bin"
+    exit 0
+fi
+# A cargo-c of this version already on PATH (e.g. `cargo install cargo-c` into ~/.cargo/bin).
+if on_path=$(command -v cargo-cinstall 2>/dev/null) && [[ -x "$(dirname "$on_path")/cargo-cbuild" ]] &&
+    "$on_path" cinstall --version 2>/dev/null | grep -q "cargo-c $version"; then
+    dirname "$on_path"
     exit 0
 fi
 

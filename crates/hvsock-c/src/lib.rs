@@ -35,8 +35,8 @@
 //! - [`error`]: the errno of every failure and the thread-local message (`hv_last_error`);
 //! - [`real`]: the next definitions of the libc calls (`dlsym(RTLD_NEXT)`, else the raw system
 //!   call), and the system calls libhvsock makes for itself;
-//! - [`table`]: which descriptors are `AF_HYPERV` and in what state, thread- and fork-safe;
-//! - [`ops`]: the socket calls on `AF_HYPERV` descriptors;
+//! - `table`: which descriptors are `AF_HYPERV` and in what state, thread- and fork-safe;
+//! - `ops`: the socket calls on `AF_HYPERV` descriptors;
 //! - [`capi`]: the exported `hv_*` functions and helpers; `interpose` (feature `capi`): the
 //!   exported plain names.
 

@@ -12,7 +12,7 @@
 //! A program may close one of ours with a call libhvsock does not see (`close_range`,
 //! `closefrom`, a raw system call, `dup2` over it, or plain `close` when libhvsock is only
 //! `dlopen`ed, as from Python's ctypes). Each entry therefore remembers the identity (device,
-//! inode) of the file it was made for, and [`lookup`] checks it with `fstat` before trusting the
+//! inode) of the file it was made for, and [`Locked::lookup`] checks it with `fstat` before trusting the
 //! entry: a stale entry is dropped, *forgetting* any descriptor it owned (that number belongs to
 //! someone else now), and the call goes on as for any other descriptor.
 //!
