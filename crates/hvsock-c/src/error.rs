@@ -82,7 +82,7 @@ thread_local! {
 pub fn set(e: &Error) {
     set_errno(e.errno);
     let text = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
-    if log_enabled() {
+    if log_enabled() && e.errno != libc::EINPROGRESS {
         eprintln!("libhvsock: {}", e.message);
     }
     // A thread being torn down has no message slot any more; errno is still set.
