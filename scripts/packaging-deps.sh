@@ -2,12 +2,14 @@
 # Installs (idempotently) the tools tests/packaging.rs uses to check what an operator gets:
 # systemd-analyze, systemd-sysusers and systemd-tmpfiles (offline: verify, --root=; nothing is
 # started), groff and man (manual pages), bash (completions), sqlite3 and curl (the guide's
-# backup and metrics recipes). Debian/Ubuntu through apt-get; elsewhere it names what is missing.
+# backup and metrics recipes), and setpriv (the CLI tests run a client as another user).
+# Debian/Ubuntu through apt-get; elsewhere it names what is missing.
 set -euo pipefail
 
 declare -A package=(
     [systemd-analyze]=systemd [systemd-sysusers]=systemd [systemd-tmpfiles]=systemd
     [groff]=groff-base [man]=man-db [bash]=bash [sqlite3]=sqlite3 [curl]=curl
+    [setpriv]=util-linux
 )
 missing=()
 for tool in "${!package[@]}"; do

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hvsock::tokio::{HvListener, HvStream};
 use hvsock::{ServiceId, SockAddrHv, Transport, VmId};
-use support::Daemon;
+use support::{Daemon, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(2);
@@ -33,18 +33,6 @@ async fn bind(t: &Transport, vm: VmId, svc: ServiceId, backlog: u32) -> HvListen
 
 async fn connect(t: &Transport, vm: VmId, svc: ServiceId) -> std::io::Result<HvStream> {
     HvStream::connect_with(t, SockAddrHv::new(vm, svc), T).await
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test]

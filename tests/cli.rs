@@ -2,221 +2,36 @@
 //! address resolution, nc-style `listen` / `connect` across partitions (half-close, bulk data,
 //! refusals), `listen --keep`, `stats`, and the exit codes and messages of failures.
 //!
-//! Every child process is bounded by a deadline and killed (by its pid) when its [`Proc`]
-//! guard is dropped.
+//! Every child process is bounded by a deadline and killed (by its pid) when its guard
+//! (`support::Proc`, `support::Guard`) is dropped.
+//!
+//! A table of tests, one per behaviour of the CLI, each standing alone on its own hvsockd:
+//! longer than most files here, and read one test at a time.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::process::Command;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Daemon, bins, wait_for};
-
-/// How long a command that should finish at once may take (debug builds, a busy machine).
-const QUICK: Duration = Duration::from_secs(20);
+use support::{Daemon, Out, PORT_2761, Proc, QUICK, bins, hv, pattern};
 
 /// A refusal must come well before the 2 s connect timeout.
 const IMMEDIATE: Duration = Duration::from_millis(1500);
 
-/// A running `hvsock`, killed when dropped.
-struct Proc {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    feeder: Option<JoinHandle<()>>,
-}
-
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        Proc {
-            what,
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
-            readers,
-            feeder: None,
-        }
-    }
-
-    /// Writes to its stdin.
-    fn write(&mut self, data: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        stdin.write_all(data).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Closes its stdin (EOF).
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// Writes `data` to its stdin from a thread, then closes it.
-    fn feed(&mut self, data: Vec<u8>) {
-        let mut stdin = self.stdin.take().expect("stdin is open");
-        self.feeder = Some(thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        }));
-    }
-
-    fn stdout(&self) -> Vec<u8> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn wait_stdout(&self, what: &str, check: impl Fn(&[u8]) -> bool) {
-        wait_for(what, QUICK, || check(&self.stdout.lock().unwrap()));
-    }
-
-    fn wait_stderr(&self, needle: &str) {
-        let deadline = Instant::now() + QUICK;
-        while !self.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not say {needle:?} in time; stderr:\n{}",
-                self.what,
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for it to exit (panics after `timeout`; the guard then kills it), and for its
-    /// output to be read to the end.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let Some(status) = support::wait_exit(&mut self.child, timeout) else {
-            panic!(
-                "{} did not exit within {timeout:?}; stderr:\n{}",
-                self.what,
-                self.stderr()
-            );
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        if let Some(feeder) = self.feeder.take() {
-            feeder.join().unwrap();
-        }
-        status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// What a finished command did.
-#[derive(Debug)]
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Out {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Asserts success and returns stdout.
-    fn ok(&self) -> &str {
-        assert!(self.status.success(), "expected success: {self:?}");
-        &self.stdout
-    }
-
-    /// Asserts exit 1 with nothing on stdout and `needle` in the one-line `hvsock: …` message.
-    fn fails_with(&self, needle: &str) {
-        assert_eq!(self.code(), Some(1), "expected exit 1: {self:?}");
-        assert!(self.stderr.starts_with("hvsock: "), "{self:?}");
-        assert!(
-            self.stderr.contains(needle),
-            "expected {needle:?} in {self:?}"
-        );
-        assert_eq!(self.stdout, "", "{self:?}");
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
 /// Runs a command to its end with `input` on stdin.
-fn run_with(cmd: Command, input: &[u8]) -> Out {
-    let started = Instant::now();
-    let mut p = Proc::spawn(cmd);
-    p.feed(input.to_vec());
-    let status = p.wait(QUICK);
-    Out {
-        status,
-        stdout: p.stdout_text(),
-        stderr: p.stderr(),
-        elapsed: started.elapsed(),
-    }
-}
-
-/// `hvsock --dir DIR ARGS…` with empty stdin.
-fn hv(d: &Daemon, args: &[&str]) -> Out {
-    let mut cmd = d.cli();
-    cmd.args(args);
-    run_with(cmd, b"")
+fn run_with(mut cmd: Command, input: &[u8]) -> Out {
+    support::run(&mut cmd, input, QUICK)
 }
 
 /// `hvsock --dir DIR listen -v ARGS…`, returned once it is listening.
 fn listener(d: &Daemon, args: &[&str]) -> Proc {
     let mut cmd = d.cli();
     cmd.arg("listen").arg("-v").args(args);
-    let p = Proc::spawn(cmd);
+    let p = Proc::spawn(&mut cmd);
     p.wait_stderr("listening on");
     p
 }
@@ -225,10 +40,8 @@ fn listener(d: &Daemon, args: &[&str]) -> Proc {
 fn connector(d: &Daemon, args: &[&str]) -> Proc {
     let mut cmd = d.cli();
     cmd.arg("connect").args(args);
-    Proc::spawn(cmd)
+    Proc::spawn(&mut cmd)
 }
-
-const PORT_2761: &str = "00000ac9-facb-11e6-bd58-64006a7986d3";
 
 fn is_guid_line(s: &str) -> bool {
     let line = s.strip_suffix('\n').unwrap_or("");
@@ -255,8 +68,8 @@ fn service_add_prints_only_the_guid_and_refuses_clashes() {
     assert!(is_guid_line(random.ok()), "{random:?}");
     // Clashes: the name with another id, the id with another name.
     hv(&d, &["service", "add", "echo", "--port", "2762"])
-        .fails_with("the service name \"echo\" is already used by 00000ac9-");
-    hv(&d, &["service", "add", "other", "--port", "2761"]).fails_with("echo");
+        .hvsock_fails_with("the service name \"echo\" is already used by 00000ac9-");
+    hv(&d, &["service", "add", "other", "--port", "2761"]).hvsock_fails_with("echo");
     // Disabled from the start.
     let off = hv(
         &d,
@@ -361,9 +174,9 @@ fn service_list_show_enable_disable_remove() {
         hv(&d, &["service", "remove", "echo"]).ok(),
         format!("service echo ({PORT_2761}) removed\n")
     );
-    hv(&d, &["service", "show", "echo"]).fails_with("no service \"echo\"");
-    hv(&d, &["service", "remove", "echo"]).fails_with("removing service \"echo\"");
-    hv(&d, &["service", "enable", "nope"]).fails_with("enabling service \"nope\"");
+    hv(&d, &["service", "show", "echo"]).hvsock_fails_with("no service \"echo\"");
+    hv(&d, &["service", "remove", "echo"]).hvsock_fails_with("removing service \"echo\"");
+    hv(&d, &["service", "enable", "nope"]).hvsock_fails_with("enabling service \"nope\"");
     let list = hv(&d, &["service", "list", "--json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     // Names with characters that mean something in a URL still work.
@@ -399,8 +212,8 @@ fn vm_add_list_show_remove_with_parents() {
             .partition_socket(hvsock::VmId::parse(&b).unwrap())
             .exists()
     );
-    hv(&d, &["vm", "add", "c", "--parent", "nope"]).fails_with("no partition \"nope\"");
-    hv(&d, &["vm", "add", "a", "--id", fixed]).fails_with("adding partition \"a\"");
+    hv(&d, &["vm", "add", "c", "--parent", "nope"]).hvsock_fails_with("no partition \"nope\"");
+    hv(&d, &["vm", "add", "a", "--id", fixed]).hvsock_fails_with("adding partition \"a\"");
     assert_eq!(hv(&d, &["vm", "add", "parent"]).code(), Some(2));
     assert_eq!(
         hv(
@@ -447,8 +260,8 @@ fn vm_add_list_show_remove_with_parents() {
     assert_eq!(host["id"], root.as_str());
     assert_eq!(host["children"], serde_json::json!(["a", "b"]));
 
-    hv(&d, &["vm", "remove", "a"]).fails_with("a1");
-    hv(&d, &["vm", "remove", "host"]).fails_with("cannot be removed");
+    hv(&d, &["vm", "remove", "a"]).hvsock_fails_with("a1");
+    hv(&d, &["vm", "remove", "host"]).hvsock_fails_with("cannot be removed");
     assert_eq!(
         hv(&d, &["vm", "remove", fixed]).ok(),
         format!("partition a1 ({fixed}) removed\n")
@@ -457,7 +270,7 @@ fn vm_add_list_show_remove_with_parents() {
         hv(&d, &["vm", "remove", "a"]).ok(),
         format!("partition a ({a}) removed\n")
     );
-    hv(&d, &["vm", "show", "a"]).fails_with("no partition \"a\"");
+    hv(&d, &["vm", "show", "a"]).hvsock_fails_with("no partition \"a\"");
     assert_eq!(
         hv(&d, &["vm", "list", "--json"])
             .json()
@@ -521,8 +334,8 @@ fn addr_resolves_keywords_names_ports_and_guids() {
     assert_eq!(json["vm_name"], "a");
 
     // Names that resolve to nothing, and malformed addresses.
-    hv(&d, &["addr", "nope:echo"]).fails_with("no partition named \"nope\"");
-    hv(&d, &["addr", "parent:nope"]).fails_with("no service named \"nope\"");
+    hv(&d, &["addr", "nope:echo"]).hvsock_fails_with("no partition named \"nope\"");
+    hv(&d, &["addr", "parent:nope"]).hvsock_fails_with("no service named \"nope\"");
     for bad in ["parent", "parent:", ":2761", "parent:4294967296"] {
         let out = hv(&d, &["addr", bad]);
         assert_eq!(out.code(), Some(2), "{bad}: {out:?}");
@@ -566,7 +379,9 @@ fn guids_keywords_and_ports_need_no_admin_api() {
     assert_eq!(l.stdout(), b"from the sandbox");
     // A name needs the API, and says so.
     let out = run_with(sandboxed(&d, a, &["connect", "parent:echo"]), b"");
-    out.fails_with("the service name \"echo\" can only be resolved through hvsockd's admin API");
+    out.hvsock_fails_with(
+        "the service name \"echo\" can only be resolved through hvsockd's admin API",
+    );
     assert!(out.stderr.contains("hvsockd is not running at"), "{out:?}");
 }
 
@@ -629,19 +444,6 @@ fn connect_ends_when_the_peer_closes_even_if_stdin_stays_open() {
     assert!(c.wait(QUICK).success(), "{}", c.stderr());
 }
 
-/// Deterministic bytes that differ in every position.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn thirty_two_mib_each_way_intact() {
     let d = Daemon::start();
@@ -691,7 +493,7 @@ fn refusals_exit_nonzero_at_once_with_the_reason() {
         let mut cmd = d.cli();
         cmd.arg("connect").args(args);
         let out = run_with(cmd, b"never sent");
-        out.fails_with(reason);
+        out.hvsock_fails_with(reason);
         assert!(out.elapsed < IMMEDIATE, "{args:?} took {:?}", out.elapsed);
     }
     // What the connect was doing is named.
@@ -710,10 +512,11 @@ fn refusals_exit_nonzero_at_once_with_the_reason() {
     assert_eq!(run_with(cmd, b"x").ok(), "");
     assert!(l.wait(QUICK).success());
     // Failed binds too.
-    hv(&d, &["listen", "broadcast:1"]).fails_with("listening on broadcast:1");
+    hv(&d, &["listen", "broadcast:1"]).hvsock_fails_with("listening on broadcast:1");
     let _first = listener(&d, &["loopback:9"]);
-    hv(&d, &["listen", "loopback:9"]).fails_with("listening on loopback:9");
-    hv(&d, &["connect", "--as", "parent", "loopback:1"]).fails_with("--as takes a partition");
+    hv(&d, &["listen", "loopback:9"]).hvsock_fails_with("listening on loopback:9");
+    hv(&d, &["connect", "--as", "parent", "loopback:1"])
+        .hvsock_fails_with("--as takes a partition");
 }
 
 #[test]
@@ -723,7 +526,7 @@ fn listen_accepts_exactly_one_connection() {
     let mut first = connector(&d, &["loopback:3"]);
     l.wait_stderr("connection from");
     // It stopped listening: a second connect is refused while the first is still open.
-    hv(&d, &["connect", "loopback:3"]).fails_with("listens");
+    hv(&d, &["connect", "loopback:3"]).hvsock_fails_with("listens");
     first.write(b"one");
     first.close_stdin();
     l.close_stdin();
@@ -839,7 +642,7 @@ fn stats_show_connection_counts_moving() {
         assert_eq!(established(&d, "a", "echo"), round);
     }
     let _l = listener(&d, &["wildcard:echo"]);
-    hv(&d, &["connect", "--as", "a", "parent:9"]).fails_with("not registered");
+    hv(&d, &["connect", "--as", "a", "parent:9"]).hvsock_fails_with("not registered");
     let text = hv(&d, &["stats"]);
     let lines: Vec<Vec<&str>> = text
         .ok()
@@ -883,7 +686,7 @@ fn admin_errors_say_how_to_start_hvsockd_or_who_may_use_it() {
     cmd.args(["--dir", dir, "service", "list"])
         .env_remove("HVSOCK_DIR");
     let out = run_with(cmd, b"");
-    out.fails_with(&format!("hvsockd is not running at {dir}"));
+    out.hvsock_fails_with(&format!("hvsockd is not running at {dir}"));
     assert!(
         out.stderr
             .contains(&format!("start it with `hvsockd --dir {dir}`")),
@@ -892,20 +695,16 @@ fn admin_errors_say_how_to_start_hvsockd_or_who_may_use_it() {
     // HVSOCK_DIR is used like --dir.
     let mut cmd = Command::new(&bins().hvsock);
     cmd.args(["vm", "list"]).env("HVSOCK_DIR", dir);
-    run_with(cmd, b"").fails_with(&format!("`hvsockd --dir {dir}`"));
+    run_with(cmd, b"").hvsock_fails_with(&format!("`hvsockd --dir {dir}`"));
     // A stale socket refuses.
     drop(std::os::unix::net::UnixListener::bind(empty.path().join("admin.sock")).unwrap());
     let mut cmd = Command::new(&bins().hvsock);
     cmd.args(["--dir", dir, "stats"]);
-    run_with(cmd, b"").fails_with("admin.sock refuses connections");
+    run_with(cmd, b"").hvsock_fails_with("admin.sock refuses connections");
 
-    // EACCES: only testable as root, as another user (setpriv).
-    let root = rustix::process::geteuid().is_root();
-    let setpriv = std::path::Path::new("/usr/bin/setpriv");
-    if !(root && setpriv.exists()) {
-        eprintln!("skipping the EACCES case: needs root and /usr/bin/setpriv");
-        return;
-    }
+    // EACCES: as another user (setpriv), which needs root.
+    support::require_root("the EACCES case of admin.sock");
+    let setpriv = support::require("setpriv");
     let d = Daemon::start();
     let mut cmd = Command::new(setpriv);
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -913,7 +712,7 @@ fn admin_errors_say_how_to_start_hvsockd_or_who_may_use_it() {
         .arg("--dir")
         .arg(d.dir())
         .args(["service", "list"]);
-    run_with(cmd, b"").fails_with("admin.sock is for its owner (root)");
+    run_with(cmd, b"").hvsock_fails_with("admin.sock is for its owner (root)");
 }
 
 #[test]

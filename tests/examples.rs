@@ -8,42 +8,14 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use hvsock::{HvStream, ServiceId, SockAddrHv, VmId};
-use support::{Daemon, example, wait_for};
+use support::{Daemon, Guard, Out, example, text, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A child process, killed (by its pid) and reaped when dropped.
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc { child, name }
-    }
-
-    /// Waits for the exit, at most [`LIMIT`].
-    fn wait(&mut self) -> ExitStatus {
-        support::wait_exit(&mut self.child, LIMIT)
-            .unwrap_or_else(|| panic!("{} did not exit", self.name))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The lines of a child's stdout, read by a thread so that each read can time out.
 struct Lines(mpsc::Receiver<String>);
@@ -87,9 +59,8 @@ fn clean(path: PathBuf) -> Command {
 }
 
 /// `host_service --dir DIR PORT`, waiting until it listens; its stderr goes to `log`.
-fn start_host(d: &Daemon, port: u32, log: &Path) -> (Proc, Lines) {
-    let mut host = Proc::spawn(
-        "host_service",
+fn start_host(d: &Daemon, port: u32, log: &Path) -> (Guard, Lines) {
+    let mut host = Guard::spawn(
         clean(example("host_service"))
             .arg("--dir")
             .arg(d.dir())
@@ -98,7 +69,7 @@ fn start_host(d: &Daemon, port: u32, log: &Path) -> (Proc, Lines) {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap()),
     );
-    let lines = Lines::new(host.child.stdout.take().unwrap());
+    let lines = Lines::new(host.child().stdout.take().unwrap());
     let first = lines.next("host_service");
     assert!(
         first.starts_with(&format!(
@@ -119,34 +90,8 @@ fn guest(d: &Daemon, vm: VmId, args: &[&str]) -> Command {
 }
 
 /// Runs a command to its end, at most [`LIMIT`].
-fn run(name: &'static str, cmd: &mut Command) -> Output {
-    let mut p = Proc::spawn(
-        name,
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let (mut out, mut err) = (
-        p.child.stdout.take().unwrap(),
-        p.child.stderr.take().unwrap(),
-    );
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        err.read_to_end(&mut buf).unwrap();
-        buf
-    });
-    let mut stdout = Vec::new();
-    out.read_to_end(&mut stdout).unwrap();
-    let status = p.wait();
-    Output {
-        status,
-        stdout,
-        stderr: err_reader.join().unwrap(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn run(cmd: &mut Command) -> Out {
+    support::run(cmd, b"", LIMIT)
 }
 
 #[test]
@@ -160,30 +105,30 @@ fn host_and_two_guests_converse_through_hvsockd() {
     let (_host, _host_out) = start_host(&d, port, &log);
 
     // Guest 1 talks interactively through stdin and stays connected...
-    let mut g1p = Proc::spawn(
-        "guest_service 1",
+    let mut g1p = Guard::spawn(
         guest(&d, g1, &["--service", &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
-    let mut g1_in = g1p.child.stdin.take().unwrap();
-    let g1_out = Lines::new(g1p.child.stdout.take().unwrap());
+    let mut g1_in = g1p.child().stdin.take().unwrap();
+    let g1_out = Lines::new(g1p.child().stdout.take().unwrap());
     g1_in.write_all(b"first\n").unwrap();
     assert_eq!(g1_out.next("guest 1"), "host> first");
 
     // ...while guest 2 sends its arguments (one of them two lines) and leaves.
-    let out = run(
-        "guest_service 2",
-        &mut guest(&d, g2, &["-s", &port.to_string(), "hello", "wide\nworld"]),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "host> hello\nhost> wide\nhost> world\n");
+    let out = run(&mut guest(
+        &d,
+        g2,
+        &["-s", &port.to_string(), "hello", "wide\nworld"],
+    ));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "host> hello\nhost> wide\nhost> world\n");
     let root = d.root_id();
     assert!(
-        text(&out.stderr).contains(&format!("connected to {root} as {g2}")),
+        out.stderr.contains(&format!("connected to {root} as {g2}")),
         "{}",
-        text(&out.stderr)
+        out.stderr
     );
 
     // Guest 1 is still served; EOF on its stdin ends it cleanly.
@@ -191,7 +136,7 @@ fn host_and_two_guests_converse_through_hvsockd() {
     assert_eq!(g1_out.next("guest 1"), "host> second");
     drop(g1_in);
     assert!(g1_out.ended(), "guest 1 printed more than the replies");
-    assert!(g1p.wait().success());
+    assert!(g1p.wait(LIMIT).success());
 
     // The host logged who came and went, by VmId.
     wait_for("the host's log", LIMIT, || {
@@ -227,12 +172,13 @@ fn the_host_cuts_off_an_overlong_line_and_keeps_serving() {
     let mut reply = Vec::new();
     let _ = s.read_to_end(&mut reply);
     assert_eq!(text(&reply), "error: lines are at most 4096 bytes\n");
-    let out = run(
-        "guest_service",
-        &mut guest(&d, g, &["--service", &port.to_string(), "still there?"]),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "host> still there?\n");
+    let out = run(&mut guest(
+        &d,
+        g,
+        &["--service", &port.to_string(), "still there?"],
+    ));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "host> still there?\n");
 }
 
 #[test]
@@ -241,35 +187,29 @@ fn a_refused_guest_exits_non_zero_and_says_why() {
     d.add_service("greeter", 6103);
     let g = d.add_partition("guest", None);
     // Registered, but no host side runs.
-    let out = run("guest_service", &mut guest(&d, g, &["-s", "6103", "hi"]));
+    let out = run(&mut guest(&d, g, &["-s", "6103", "hi"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    let err = text(&out.stderr);
+    let err = out.stderr;
     assert!(
         err.contains("connecting to parent:") && err.contains("greeter"),
         "{err}"
     );
     // Not registered at all.
-    let out = run("guest_service", &mut guest(&d, g, &["-s", "6104", "hi"]));
+    let out = run(&mut guest(&d, g, &["-s", "6104", "hi"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("not registered"));
+    assert!(out.stderr.contains("not registered"));
     // No hvsockd behind the endpoint.
-    let out = run(
-        "guest_service",
-        clean(example("guest_service"))
-            .env("HVSOCK_ENDPOINT", d.dir().join("missing.sock"))
-            .arg("hi"),
-    );
+    let out = run(clean(example("guest_service"))
+        .env("HVSOCK_ENDPOINT", d.dir().join("missing.sock"))
+        .arg("hi"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is hvsockd running?"));
-    let out = run(
-        "host_service",
-        clean(example("host_service"))
-            .arg("--dir")
-            .arg(d.dir().join("nowhere")),
-    );
+    assert!(out.stderr.contains("is hvsockd running?"));
+    let out = run(clean(example("host_service"))
+        .arg("--dir")
+        .arg(d.dir().join("nowhere")));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is hvsockd running?"));
+    assert!(out.stderr.contains("is hvsockd running?"));
 }
 
 #[test]
@@ -284,8 +224,8 @@ fn bad_arguments_print_the_usage_line_and_exit_non_zero() {
         ("guest_service", &["--bogus"]),
     ];
     for (name, args) in cases {
-        let out = run("example", clean(example(name)).args(args));
-        let err = text(&out.stderr);
+        let out = run(clean(example(name)).args(args));
+        let err = out.stderr;
         assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {err}");
         assert!(err.starts_with("error: "), "{name} {args:?}: {err}");
         assert!(

@@ -6,6 +6,9 @@
 //! the OpenAPI document as served, and `--admin-tcp`.
 //!
 //! Every child process is bounded by a deadline and killed (by its pid) if it overstays.
+//!
+//! A table of tests, one per operator task, each standing alone on its own hvsockd: longer
+//! than most files here, and read one test at a time.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,99 +16,19 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, Transport, VmId};
 use serde_json::{Value, json};
-use support::{Daemon, bins, wait_for};
+use support::{Daemon, Out, PORT_2761, bins, hv, wait_for};
 
 /// How long one command may take (debug builds, a busy machine).
 const QUICK: Duration = Duration::from_secs(30);
 
-/// A finished command.
-#[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, Some(0), "expected success: {self:?}");
-        &self.stdout
-    }
-
-    fn fails_with(&self, needle: &str) -> &str {
-        assert_eq!(self.code, Some(1), "expected exit 1: {self:?}");
-        assert!(
-            self.stderr.contains(needle),
-            "expected {needle:?} in {self:?}"
-        );
-        &self.stderr
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
 /// Runs `cmd` to its end (killed after [`QUICK`]) with `input` on stdin.
 fn run(mut cmd: Command, input: &[u8]) -> Out {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let pid = child.id();
-    let deadline = Instant::now() + QUICK;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            while Instant::now() < deadline {
-                if done.load(std::sync::atomic::Ordering::Acquire) {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            true
-        })
-    };
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    done.store(true, std::sync::atomic::Ordering::Release);
-    assert!(
-        !watchdog.join().unwrap(),
-        "{what} did not end within {QUICK:?}"
-    );
-    feeder.join().unwrap();
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-/// `hvsock --dir DIR ARGS…`.
-fn hv(d: &Daemon, args: &[&str]) -> Out {
-    let mut cmd = d.cli();
-    cmd.args(args);
-    run(cmd, b"")
+    support::run(&mut cmd, input, QUICK)
 }
 
 /// `hvsockd ARGS…` (for --check and start failures), with no HVSOCK_DIR from outside.
@@ -171,8 +94,6 @@ fn refused<T: std::fmt::Debug>(result: std::io::Result<T>, kind: ErrorKind, need
         "expected {needle:?} in {err}"
     );
 }
-
-const PORT_2761: &str = "00000ac9-facb-11e6-bd58-64006a7986d3";
 
 #[test]
 fn service_verbs_are_idempotent_and_say_what_they_did() {
@@ -564,7 +485,7 @@ fn counters_move_and_carry_the_friendly_name() {
 
 /// Writes `text` to `name` in a new temp dir and returns both.
 fn config_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::tempdir("hvsock-mgmt-test-");
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     (dir, path)
@@ -697,7 +618,7 @@ fn a_config_file_is_applied_at_start_and_a_clash_stops_hvsockd() {
 #[test]
 fn check_validates_a_config_without_touching_anything() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/hvsockd.example.toml");
-    let empty = tempfile::tempdir().unwrap();
+    let empty = support::tempdir("hvsock-mgmt-test-");
     let dir = empty.path().join("hv");
     let dir = dir.to_str().unwrap();
     let out = hvsockd(&[
@@ -788,7 +709,7 @@ fn export_then_import_into_a_fresh_hvsockd_gives_the_same_registry() {
         ],
     )
     .ok();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = support::tempdir("hvsock-mgmt-test-");
     let file = tmp.path().join("registry.json");
     let file_arg = file.to_str().unwrap();
     let out = hv(&d1, &["registry", "export", "--output", file_arg]);
@@ -914,7 +835,7 @@ fn the_api_serves_its_openapi_document_and_answers_errors_as_json() {
 #[test]
 fn admin_tcp_is_loopback_only_and_serves_the_same_api() {
     let out = hvsockd(&["--admin-tcp", "0.0.0.0:8077", "--dir", "/nonexistent"]);
-    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("not a loopback address"), "{out:?}");
     let d = Daemon::start_with(&["--admin-tcp", "127.0.0.1:0"]);
     let mut port = None;
@@ -942,11 +863,7 @@ fn admin_tcp_is_loopback_only_and_serves_the_same_api() {
 
 /// `curl`, which scripts/packaging-deps.sh installs (scripts/test runs it first).
 fn curl(d: &Daemon, args: &[&str]) -> Out {
-    let path = ["/usr/bin/curl", "/bin/curl", "/usr/local/bin/curl"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| panic!("curl is not installed: run scripts/packaging-deps.sh"));
-    let mut cmd = Command::new(path);
+    let mut cmd = Command::new(support::require("curl"));
     cmd.args(["-sS", "--max-time", "20", "--unix-socket"])
         .arg(d.dirs().admin_socket())
         .args(args);
@@ -995,7 +912,7 @@ fn the_guides_curl_recipes_work() {
     assert!(out.ok().ends_with("404"), "{out:?}");
     assert!(out.stdout.contains("\"code\":\"not_found\""), "{out:?}");
     // Export with curl, import with curl --data-binary @file into a fresh hvsockd.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = support::tempdir("hvsock-mgmt-test-");
     let file = tmp.path().join("registry.json");
     std::fs::write(&file, curl(&d, &["http://hvsockd/v1/registry"]).ok()).unwrap();
     let fresh = Daemon::start();
@@ -1017,7 +934,7 @@ fn the_guides_curl_recipes_work() {
 #[test]
 fn attachments_show_guest_ports_and_follow_the_policy() {
     let d = Daemon::start();
-    let vms = tempfile::tempdir().unwrap();
+    let vms = support::tempdir("hvsock-mgmt-test-");
     let path = vms.path().join("fc.vsock");
     let vm = d.add_vm("fc", &path);
     let svc = d.add_service("echo", 2761);

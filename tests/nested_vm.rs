@@ -30,13 +30,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, VmId};
 use sha2::{Digest, Sha256};
-use support::Daemon;
+use support::{Daemon, Guard, Out, pattern};
 
 /// Bytes each way of the bulk transfers.
 const BULK: usize = 16 * 1024 * 1024;
@@ -53,8 +53,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `cmd` under `timeout(1)` and returns its output; panics with it on failure.
-fn run(what: &str, secs: u64, cmd: &mut Command) -> Output {
+/// Runs `cmd` under `timeout(1)` (which also ends it after `secs`, should its guard not) and
+/// returns its output; panics with it on failure.
+fn run(what: &str, secs: u64, cmd: &mut Command) -> Out {
     let mut wrapped = Command::new("timeout");
     wrapped
         .args(["-k", "5", &secs.to_string()])
@@ -69,20 +70,16 @@ fn run(what: &str, secs: u64, cmd: &mut Command) -> Output {
     if let Some(dir) = cmd.get_current_dir() {
         wrapped.current_dir(dir);
     }
-    let started = Instant::now();
-    let out = wrapped
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let out = support::run(&mut wrapped, b"", Duration::from_secs(secs + 10));
     assert!(
         out.status.success(),
         "{what} failed ({}) after {:.0?}:\n--- stdout\n{}\n--- stderr\n{}",
         out.status,
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.elapsed,
+        out.stdout,
+        out.stderr
     );
-    eprintln!("nested_vm: {what}: {:.1?}", started.elapsed());
+    eprintln!("nested_vm: {what}: {:.1?}", out.elapsed);
     out
 }
 
@@ -130,20 +127,6 @@ fn build_guest_cli(musl: &str) -> PathBuf {
 fn sha256(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Deterministic bytes the host sends.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// One guest booted by run-vm.sh in the background; stopped (SIGTERM to run-vm.sh, which
@@ -402,15 +385,7 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
 
     // 3. hvsockd, the services and the VMs, through the CLI.
     let d = Daemon::start();
-    let hv = |args: &[&str]| -> String {
-        let out = d.cli().args(args).stdin(Stdio::null()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "hvsock {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let hv = |args: &[&str]| -> String { support::hv(&d, args).ok().trim().to_owned() };
     let svc = |name: &str, port: u32, extra: &[&str]| {
         let mut args = vec!["service", "add", name, "--port"];
         let port = port.to_string();
@@ -496,7 +471,7 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
         seen
     });
     // Guest to host: read exactly 16 MiB, then send 16 MiB back and close.
-    let host_data = pattern(0x5eed, BULK);
+    let host_data = pattern(BULK, 0x5eed);
     let host_hash = sha256(&host_data);
     let g2h = thread::spawn(move || {
         let (mut s, peer) = accept_by(&bulk_l, "guest to host", deadline);
@@ -510,31 +485,31 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
     // Host to guest: once vm1 listens, `hvsock connect vm1:guestsvc`; 16 MiB in, 16 MiB out,
     // and stdin stays open until all of the guest's bytes have come.
     g1.line("T-H2G-LISTENING", deadline);
-    let h2g_data = pattern(0xface, BULK);
+    let h2g_data = pattern(BULK, 0xface);
     let h2g_hash = sha256(&h2g_data);
-    let mut connect = d
-        .cli()
-        .args(["connect", "--timeout", "10000", "vm1:guestsvc"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = connect.stdin.take().unwrap();
+    let mut connect = Guard::spawn(
+        d.cli()
+            .args(["connect", "--timeout", "10000", "vm1:guestsvc"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = connect.child().stdin.take().unwrap();
     let feeder = thread::spawn(move || {
         let result = stdin.write_all(&h2g_data);
         (stdin, result)
     });
     let mut from_guest = vec![0u8; BULK];
-    let mut stdout = connect.stdout.take().unwrap();
+    let mut stdout = connect.child().stdout.take().unwrap();
     let read = stdout.read_exact(&mut from_guest);
     let (stdin, fed) = feeder.join().unwrap();
     drop(stdin); // EOF: the CLI half-closes, which over this VMM ends the connection
     let mut rest = Vec::new();
     let _ = stdout.read_to_end(&mut rest);
-    let status = connect.wait().unwrap();
+    let status = connect.wait(deadline.saturating_duration_since(Instant::now()));
     let mut err = String::new();
     connect
+        .child()
         .stderr
         .take()
         .unwrap()

@@ -6,7 +6,12 @@
 //! Nothing here touches the real system: every file goes under a temp dir, systemd's tools
 //! run offline (`systemd-analyze verify`, `--root=`), and nothing is started by systemd. The
 //! tools the tests need come from `scripts/packaging-deps.sh` (run by `scripts/test`); a
-//! missing tool fails the test and names that script.
+//! missing tool fails the test and names that script. The socket group's client part runs a
+//! client as another user: it needs root (as CI has) and fails, saying so, without it.
+//!
+//! A table of tests, one per thing an operator installs or runs, each standing alone (with the
+//! small launcher of hvsockd that socket activation needs): longer than most files here, and
+//! read one test at a time.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,13 +23,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hvsock::dirs::Dirs;
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, Transport, VmId};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use support::{Daemon, bins, http, wait_for};
+use support::{Daemon, Guard, Out, bins, http, require, text, wait_for};
 
 /// How long a command that should finish at once may take (debug builds, a busy machine).
 const QUICK: Duration = Duration::from_secs(30);
@@ -34,72 +39,17 @@ fn repo() -> &'static Path {
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("hvsock-pkg-test-")
-        .tempdir()
-        .unwrap()
-}
-
-/// The path of `tool`, or a failure that says how to get it.
-fn require(tool: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
-        let path = Path::new(dir).join(tool);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("{tool} is not installed: run scripts/packaging-deps.sh (scripts/test does)");
+    support::tempdir("hvsock-pkg-test-")
 }
 
 /// Runs `cmd` to completion within `QUICK`, killing it (by its pid) if it takes longer.
-fn run(mut cmd: Command) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let Some(status) = support::wait_exit(&mut child, QUICK) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} did not finish within {QUICK:?}");
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+fn run(mut cmd: Command) -> Out {
+    support::run(&mut cmd, b"", QUICK)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `cmd` and returns its stdout, failing with its stderr unless it exits 0.
-fn run_ok(cmd: Command) -> String {
-    let what = format!("{cmd:?}");
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{what} failed with {}:\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+/// Runs `cmd` and returns its stdout, failing with its output unless it exits 0.
+fn run_ok(mut cmd: Command) -> String {
+    support::run_ok(&mut cmd, QUICK)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -108,7 +58,7 @@ fn run_ok(cmd: Command) -> String {
 
 /// A running hvsockd, killed (by its pid) when dropped.
 struct Spawned {
-    child: Option<Child>,
+    process: Option<Guard>,
     log: PathBuf,
 }
 
@@ -208,7 +158,7 @@ impl<'a> Start<'a> {
             }
         }
         Spawned {
-            child: Some(cmd.spawn().unwrap()),
+            process: Some(Guard::spawn(&mut cmd)),
             log: self.log,
         }
     }
@@ -220,7 +170,7 @@ impl<'a> Start<'a> {
         let started = Instant::now();
         while UnixStream::connect(&admin).is_err() || http(&admin, "GET", "/v1/host", None).0 != 200
         {
-            if let Some(status) = spawned.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = spawned.process.as_mut().unwrap().try_wait() {
                 panic!("hvsockd exited with {status} at start:\n{}", spawned.log());
             }
             assert!(
@@ -240,15 +190,14 @@ impl Spawned {
     }
 
     fn pid(&self) -> rustix::process::Pid {
-        rustix::process::Pid::from_child(self.child.as_ref().unwrap())
+        self.process.as_ref().unwrap().pid()
     }
 
     /// Waits for it to exit by itself; its exit code.
     fn wait(&mut self) -> Option<i32> {
-        let mut child = self.child.take().unwrap();
-        let Some(status) = support::wait_exit(&mut child, QUICK) else {
-            let _ = child.kill();
-            let _ = child.wait();
+        let mut process = self.process.take().unwrap();
+        let Some(status) = process.wait_exit(QUICK) else {
+            process.kill();
             panic!("hvsockd did not exit:\n{}", self.log());
         };
         status.code()
@@ -261,18 +210,16 @@ impl Spawned {
     }
 
     fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
         if std::thread::panicking() {
             eprintln!("--- hvsockd log ---\n{}", self.log());
@@ -444,12 +391,11 @@ fn socket_group_owns_host_sock_and_admin_sock_stays_private() {
     );
     assert_eq!(mode(&dirs.partitions()), 0o700);
 
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("not root: cannot run a client as another user; checked ownership only");
-        return;
-    }
     // A member of the group may connect as the root partition; another user may not. The
     // clients run as `nobody` (65534) with the group as their primary group, or not.
+    support::require_root(
+        "connecting to host.sock as a member of the socket group and as another user",
+    );
     std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let svc = ServiceId::from_vsock_port(4100);
     let listener =
@@ -472,16 +418,20 @@ fn socket_group_owns_host_sock_and_admin_sock_stays_private() {
     };
     let denied = run(client(65534));
     assert!(!denied.status.success());
-    let stderr = text(&denied.stderr);
+    let stderr = &denied.stderr;
     assert!(stderr.contains("Permission denied"), "{stderr}");
 
     let mut member = client(gid);
     member.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = member.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"member").unwrap();
-    let Some(status) = support::wait_exit(&mut child, QUICK) else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let mut member = Guard::spawn(&mut member);
+    member
+        .child()
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"member")
+        .unwrap();
+    let Some(status) = member.wait_exit(QUICK) else {
         panic!("the member's connect did not finish");
     };
     assert!(status.success(), "the member's connect failed");
@@ -748,7 +698,7 @@ fn every_shell_gets_a_script_naming_the_commands() {
     let mut cmd = Command::new(&bins().hvsock);
     cmd.args(["completions", "tcsh"]);
     let out = run(cmd);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
 }
 
 /// Renders a page with groff, warnings on; its text.
@@ -756,14 +706,14 @@ fn render_man(page: &Path) -> String {
     let mut cmd = Command::new(require("groff"));
     cmd.args(["-man", "-Tutf8", "-ww", "-rLL=100n"]).arg(page);
     let out = run(cmd);
-    let warnings = text(&out.stderr);
+    let warnings = &out.stderr;
     assert!(
         out.status.success() && warnings.is_empty(),
         "{}: {warnings}",
         page.display()
     );
     // Undo groff's overstriking for bold and underline.
-    let raw = text(&out.stdout);
+    let raw = &out.stdout;
     let mut clean = String::new();
     let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {
@@ -896,7 +846,7 @@ fn systemd_units_verify_and_stay_hardened() {
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}\n{}",
         out.status,
-        text(&out.stderr)
+        out.stderr
     );
     // The hardening keeps systemd's exposure score low (0-100 scale; 18 when written).
     let mut cmd = Command::new(&analyze);
@@ -911,8 +861,8 @@ fn systemd_units_verify_and_stay_hardened() {
     assert!(
         out.status.success(),
         "systemd-analyze security: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+        out.stdout,
+        out.stderr
     );
 
     // The checks can fail: a misspelt directive is reported.
@@ -930,13 +880,13 @@ fn systemd_units_verify_and_stay_hardened() {
     ])
     .current_dir(dir.path());
     let out = run(cmd);
-    assert!(text(&out.stderr).contains("SocketMod"), "{out:?}");
+    assert!(out.stderr.contains("SocketMod"), "{out:?}");
 }
 
 // ---------------------------------------------------------------------------------------
 // The install script
 
-fn install(destdir: &Path, prefix: &str) -> Output {
+fn install(destdir: &Path, prefix: &str) -> Out {
     let mut cmd = Command::new(repo().join("scripts/install.sh"));
     cmd.arg("--destdir")
         .arg(destdir)
@@ -950,7 +900,7 @@ fn install(destdir: &Path, prefix: &str) -> Output {
 fn install_script_stages_the_whole_tree() {
     let dest = tempdir();
     let out = install(dest.path(), "/usr");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", out.stderr);
     let root = dest.path();
     let expect: &[(&str, u32)] = &[
         ("usr/bin/hvsockd", 0o755),
@@ -1008,7 +958,7 @@ fn install_script_stages_the_whole_tree() {
     // Another prefix moves everything, ExecStart= included.
     let dest = tempdir();
     let out = install(dest.path(), "/usr/local");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", out.stderr);
     let service = std::fs::read_to_string(
         dest.path()
             .join("usr/local/lib/systemd/system/hvsockd.service"),
@@ -1021,7 +971,7 @@ fn install_script_stages_the_whole_tree() {
     let dest = tempdir();
     let out = install(dest.path(), "relative/prefix");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("absolute"), "{out:?}");
+    assert!(out.stderr.contains("absolute"), "{out:?}");
     assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0);
 }
 

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, Transport, VmId};
-use support::Daemon;
+use support::{Daemon, pattern};
 
 const T: Duration = Duration::from_secs(2);
 
@@ -312,19 +312,6 @@ fn half_close_both_ways() {
     got.clear();
     a.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"still open");
-}
-
-/// A deterministic pseudo-random stream, so corruption anywhere shows.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

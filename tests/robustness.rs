@@ -394,13 +394,15 @@ fn connections_outlive_a_sigkill_and_the_registry_outlives_a_restart() {
 #[test]
 fn sigterm_stops_cleanly_and_a_second_hvsockd_is_refused() {
     let mut d = Daemon::start();
-    let second = std::process::Command::new(&support::bins().hvsockd)
-        .arg("--dir")
-        .arg(d.dir())
-        .output()
-        .unwrap();
+    let second = support::run(
+        std::process::Command::new(&support::bins().hvsockd)
+            .arg("--dir")
+            .arg(d.dir()),
+        b"",
+        support::QUICK,
+    );
     assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let stderr = &second.stderr;
     assert!(stderr.contains("already serves"), "{stderr}");
     assert!(stderr.contains(&d.pid().to_string()), "{stderr}");
     // The refused second daemon did not disturb the first.
@@ -415,22 +417,21 @@ fn sigterm_stops_cleanly_and_a_second_hvsockd_is_refused() {
 
 #[test]
 fn hvsockd_raises_its_open_file_limit_so_one_partition_cannot_starve_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -Sn 256 && exec \"$0\" --dir \"$1\"")
-        .arg(&support::bins().hvsockd)
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let dir = support::tempdir("hvsock-rlimit-test-");
+    let mut hvsockd = support::Guard::spawn(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn 256 && exec \"$0\" --dir \"$1\"")
+            .arg(&support::bins().hvsockd)
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null()),
+    );
     let admin = dir.path().join("admin.sock");
     support::wait_for("hvsockd to start", Duration::from_secs(20), || {
         std::os::unix::net::UnixStream::connect(&admin).is_ok()
     });
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hvsockd.id())).unwrap();
+    hvsockd.kill();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))

@@ -8,6 +8,9 @@
 //! with matching listeners and services, the connection reaches the listener as the VM, and a
 //! second VM is refused a listener meant for the first. The admin API's checks of attachments;
 //! stale sockets at start and stop.
+//!
+//! A table of tests, one per behaviour of an attachment, sharing only the fake VMM: longer
+//! than most files here, and read one test at a time.
 
 #![allow(clippy::unwrap_used)]
 
@@ -670,18 +673,12 @@ fn the_cli_attaches_a_vm_and_connects_into_its_guest() {
     let path = dir.path().join("vm.vsock");
     let vmm = FakeVmm::start(&path, Behavior::Ok { drop_first: 1 });
     let run = |args: &[&str]| {
-        let out = d
-            .cli()
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = support::run(
+            d.cli().args(args).current_dir(dir.path()),
+            b"",
+            support::QUICK,
+        );
+        (out.code(), out.stdout, out.stderr)
     };
     // A relative PATH is taken from the CLI's working directory.
     let (code, stdout, stderr) = run(&["vm", "add", "vm1", "--hybrid-vsock", "vm.vsock"]);
@@ -713,28 +710,18 @@ fn the_cli_attaches_a_vm_and_connects_into_its_guest() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 
     // hvsock connect vm1:agent reaches the guest (after one dropped handshake).
-    let mut connect = d
-        .cli()
-        .args(["connect", "vm1:agent"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut connect = support::Proc::spawn(d.cli().args(["connect", "vm1:agent"]));
     let mut guest = vmm.guest();
-    connect.stdin.take().unwrap().write_all(b"ping\n").unwrap(); // then EOF: half-close
+    connect.write(b"ping\n");
+    connect.close_stdin(); // EOF: half-close
     let mut line = String::new();
     BufReader::new(&guest).read_line(&mut line).unwrap();
     assert_eq!(line, "ping\n");
     guest.write_all(b"pong\n").unwrap();
     drop(guest);
-    let out = connect.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"pong\n");
+    let status = connect.wait(support::QUICK);
+    assert!(status.success(), "{}", connect.stderr());
+    assert_eq!(connect.stdout(), b"pong\n");
 
     // A service that is not a port cannot cross, and the CLI says how to make one that can.
     let (code, _, stderr) = run(&["service", "add", "guid-only"]);

@@ -16,7 +16,17 @@
 //! hvsock connect [--as VM] [--timeout MS] ADDR
 //! hvsock addr ADDR
 //! hvsock stats
+//! hvsock listen --keep --exec CMD ADDR
+//! hvsock exec VM [--tty] [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARGS...]
+//! hvsock shell VM [--user USER]
+//! hvsock cp [-r] [-v] SRC DST                 # one side VM:/path
+//! hvsock vm shutdown VM [--reboot] [--force] [--timeout SECS]
+//! hvsock ssh-proxy HOST [PORT]                # OpenSSH ProxyCommand with ProxyUseFdpass
 //! ```
+//!
+//! `exec`, `shell`, `cp` and `vm shutdown` talk to `hvsock-agent` in the partition; the
+//! protocols and their host side are in the `hvsock_agent` crate, so those commands only
+//! parse flags. `exec` and `shell` exit with the command's status (see [`cmd::exec`]).
 //!
 //! Every command takes `--dir DIR`; list, show, children, policy, addr, stats, listeners and
 //! registry import take `--json`. Exit status: 0
@@ -26,15 +36,25 @@
 //!
 //! # Modules
 //!
-//! - [`cli`]: the command line (clap derive), checked as far as it can be without hvsockd;
-//! - [`cmd`]: one module per command group, and [`cmd::CliError`];
+//! - [`cli`]: the whole command line ([`cli::Cli`]: `--dir` and one command) and its run;
+//! - [`cmd`]: [`cmd::Command`] (one variant per command, with its help) and one module per
+//!   command group, each with its own arguments (clap derive) and its [`cmd::Run`]; adding a
+//!   command is one new file there plus its variant (see [`cmd`]);
+//! - [`args`]: the arguments several commands share (`ADDR`, `ID|NAME`, `--json`), their
+//!   checks, and the help texts about addresses and exit codes;
+//! - [`error`]: [`error::CliError`], why a command failed; only `main.rs` turns it into an
+//!   exit status;
 //! - [`context`]: `--dir`, the directories, and the admin client made on first use;
 //! - [`admin_client`]: HTTP/1.1 + JSON over `admin.sock` (hyper), with typed routes;
 //! - [`api`]: the admin API's JSON objects as Rust types;
 //! - [`resolve`]: `VM:SERVICE` to an address, `--as VM` to a transport;
 //! - [`copy`]: the byte pumps between stdio and a connection (nc's half-close rules);
 //! - [`output`]: tables, `key: value` fields and JSON;
-//! - `hyperv_registry` (Windows): `hvsock service …` on the Hyper-V host's registry.
+//! - `hyperv_registry` (Windows): the Hyper-V host's registry of services, which
+//!   `cmd::service::hyperv` manages there.
+//!
+//! The dependencies run one way: `cli` → `cmd` → (`args`, `resolve`, `context`, `output`,
+//! `copy`, `admin_client`, `hyperv_registry`), with `error` naming the errors of those below it.
 //!
 //! # Windows
 //!
@@ -50,22 +70,13 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod args;
 pub mod cli;
 pub mod cmd;
 pub mod context;
 pub mod copy;
+pub mod error;
 #[cfg(any(windows, test))]
 pub mod hyperv_registry;
 pub mod output;
 pub mod resolve;
-
-use std::io::{self, Write};
-
-/// Prints `err` as the command's failure and exits 1 (quietly 0 if stdout was closed).
-pub fn exit_with(err: &cmd::CliError) -> ! {
-    if err.is_stdout_closed() {
-        std::process::exit(0);
-    }
-    let _ = writeln!(io::stderr(), "hvsock: {err}");
-    std::process::exit(1);
-}

@@ -32,11 +32,26 @@
 //!   strings;
 //! - [`transport`]: how the crate reaches other partitions: through hvsockd (the provider), over
 //!   `AF_VSOCK` inside a Linux guest, or `AF_HYPERV` on Windows; always chosen explicitly;
-//! - [`HvStream`], [`HvListener`]: the std-style socket types;
+//! - [`HvStream`], [`HvListener`] (`stream`, `listener`): the std-style socket types;
 //! - [`dirs`]: where hvsockd keeps its registry and sockets;
 //! - `tokio` (feature `tokio`): async twins of the socket types, `tokio::HvListener`
 //!   and `tokio::HvStream`;
-//! - `sys` (private): every system call, by platform.
+//! - `sys` (private): every system call, by platform, under one transport dispatch
+//!   (`sys::Backend`) that the std and the tokio types share. Each transport gives the same
+//!   `Established` (the data socket and both addresses):
+//!   - `sys::unix`: the stream socket of the Unix transports; `sys::unix::provider`, the
+//!     client of hvsockd (`mux`: the std connect over one shared control connection); and
+//!     `sys::unix::vsock`, `AF_VSOCK` inside a Linux guest;
+//!   - `sys::windows`: `AF_HYPERV` through Winsock; `sys::hyperv`, its plain logic (tested
+//!     on every platform);
+//!   - the async halves, beside their sync halves: `sys::unix::tokio` and
+//!     `sys::windows::tokio` (sockets and listeners registered with tokio's reactor),
+//!     `sys::unix::provider::tokio` (the async client of hvsockd and its pool);
+//! - `wire` (private, Unix): addresses to and from `hvsock-proto`'s wire form.
+//!
+//! No module below the socket types names them: `sys` gives `Established` and listeners,
+//! and `HvStream`/`HvListener` (std and tokio) are built from those, so the dependencies run
+//! one way, from the public types down to `sys`.
 //!
 //! # Errors
 //!

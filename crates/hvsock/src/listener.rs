@@ -4,7 +4,7 @@ use std::io;
 
 use crate::addr::SockAddrHv;
 use crate::stream::HvStream;
-use crate::sys;
+use crate::sys::{self, Backend};
 use crate::transport::Transport;
 
 /// How many connections may wait to be accepted when no backlog is given.
@@ -39,13 +39,13 @@ impl HvListener {
     ) -> io::Result<HvListener> {
         check_backlog(backlog)?;
         Ok(HvListener {
-            inner: sys::Listener::bind(transport, addr, backlog)?,
+            inner: Backend::of(transport)?.bind(addr, backlog)?,
         })
     }
 
     /// Waits for the next connection.
     pub fn accept(&self) -> io::Result<(HvStream, SockAddrHv)> {
-        let stream = self.inner.accept()?;
+        let stream = HvStream::from(self.inner.accept()?);
         let peer = stream.peer;
         Ok((stream, peer))
     }

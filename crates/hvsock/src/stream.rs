@@ -5,7 +5,7 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 use crate::addr::{HVSOCKET_CONNECT_TIMEOUT_MAX, SockAddrHv};
-use crate::sys;
+use crate::sys::{self, Backend, Established};
 use crate::transport::Transport;
 
 /// The connect timeout when none is given, as on Windows.
@@ -43,7 +43,9 @@ impl HvStream {
         timeout: Duration,
     ) -> io::Result<HvStream> {
         let timeout = check_timeout(timeout)?;
-        sys::connect(transport, addr, timeout)
+        Backend::of(transport)?
+            .connect(addr, timeout)
+            .map(HvStream::from)
     }
 
     /// The address of this end: this partition's id and the service.
@@ -128,6 +130,16 @@ impl HvStream {
         return self.inner.connected_suspend();
         #[cfg(not(windows))]
         Err(connected_suspend_unsupported())
+    }
+}
+
+impl From<Established> for HvStream {
+    fn from(est: Established) -> HvStream {
+        HvStream {
+            inner: est.socket,
+            local: est.local,
+            peer: est.peer,
+        }
     }
 }
 

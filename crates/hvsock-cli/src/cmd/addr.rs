@@ -15,22 +15,36 @@
 
 use std::io::Write;
 
+use clap::Args;
 use serde_json::json;
 
-use super::CliError;
-use crate::cli::AddrArgs;
+use super::Run;
+use crate::args::{AddrArg, parse_addr};
 use crate::context::Context;
+use crate::error::CliError;
 use crate::output::write_json;
 use crate::resolve::{Resolved, name_ids, resolve};
 
-/// Runs `addr`.
-pub fn run(ctx: &Context, args: AddrArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut resolved = resolve(ctx, &args.addr.raw, &args.addr.spec)?;
-    name_ids(ctx, &mut resolved);
-    if args.json {
-        return Ok(write_json(out, &to_json(&resolved))?);
+/// `hvsock addr`.
+#[derive(Debug, Args)]
+pub struct AddrArgs {
+    /// The address to resolve.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Run for AddrArgs {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        let mut resolved = resolve(ctx, &self.addr.raw, &self.addr.spec)?;
+        name_ids(ctx, &mut resolved);
+        if self.json {
+            return Ok(write_json(out, &to_json(&resolved))?);
+        }
+        Ok(write_text(out, &resolved)?)
     }
-    Ok(write_text(out, &resolved)?)
 }
 
 fn to_json(r: &Resolved) -> serde_json::Value {

@@ -8,13 +8,44 @@
 //! command path: `hvsock.1`, `hvsock-service.1`, `hvsock-service-add.1`, …
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
+use clap::{Args, CommandFactory};
 use clap_mangen::roff::{Roff, bold, roman};
 
-use super::CliError;
-use crate::cli::{ADDRESS_HELP, Cli, EXIT_STATUS_HELP};
+use super::Run;
+use crate::args::{ADDRESS_HELP, EXIT_STATUS_HELP};
+use crate::cli::Cli;
+use crate::context::Context;
+use crate::error::CliError;
+
+/// `hvsock completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `hvsock man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write every page into DIR (created if missing) instead of hvsock.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+impl Run for CompletionsArgs {
+    fn run(self, _ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        completions(self.shell, out)
+    }
+}
+
+impl Run for ManArgs {
+    fn run(self, _ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        man(self.output.as_deref(), out)
+    }
+}
 
 /// The manual's section.
 const SECTION: &str = "1";

@@ -1,185 +1,147 @@
-//! One module per command group; [`run`] dispatches a parsed command line to them.
+//! The commands: [`Command`], one variant per command with its help, and one module per
+//! command group, each holding its arguments (clap derive) and what it does ([`Run`]).
 //!
-//! - [`service`]: `hvsock service add|list|show|enable|disable|remove|rename|policy`
+//! - [`service`]: `hvsock service add|list|show|enable|disable|remove|rename|policy` (on
+//!   Windows, against Hyper-V's own registry: `service::hyperv`)
 //! - [`vm`]: `hvsock vm add|list|show|remove|rename|children`
 //! - [`registry`]: `hvsock registry export|import`
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats` and `hvsock listeners`
 //! - [`generate`]: `hvsock completions` and `hvsock man`, from the command tree itself
+//! - [`exec`], [`cp`], [`vm_shutdown`] (with `agent`): the integration services' commands,
+//!   talking to `hvsock-agent` in a partition; [`ssh_proxy`]: `hvsock ssh-proxy`
 //!
 //! Commands write their results to the `out` they are given (stdout in `main.rs`) and return
-//! a [`CliError`] on failure; they never print errors themselves, so that every failure looks
-//! the same (`hvsock: <what was being done>: <why>`, exit 1).
+//! a [`CliError`] on failure; they never print errors themselves nor exit, so that every
+//! failure looks the same (`hvsock: <what was being done>: <why>`, exit 1) and `main.rs` is
+//! the only place that ends the process. What has no meaning on a platform (hvsockd's
+//! commands on Windows) is decided by the command itself, as a [`CliError::Unsupported`].
+//!
+//! # Adding a command
+//!
+//! Write `cmd/NAME.rs` with the command's arguments (a clap `Args` struct, or a `Subcommand`
+//! enum for a group) and `impl Run for` them, then add `mod NAME;` and one variant to
+//! [`Command`] below: its doc comment is the command's help, and the variant is its dispatch
+//! too (the `commands!` macro writes the `match`). Arguments that several commands take (`ADDR`,
+//! `ID|NAME`, `--json`) are in [`crate::args`].
 
 pub mod addr;
+#[cfg(target_os = "linux")]
+pub mod agent;
+pub mod cp;
+pub mod exec;
 pub mod generate;
 pub mod net;
 pub mod registry;
 pub mod service;
+pub mod ssh_proxy;
 pub mod stats;
 pub mod vm;
+pub mod vm_shutdown;
 
-use std::io::{self, Write};
+use std::io::Write;
 
-use crate::admin_client::AdminError;
-use crate::cli::{Cli, Command};
+use clap::Subcommand;
+
+use crate::admin_client::AdminClient;
+use crate::args::ADDRESSES;
 use crate::context::Context;
-use crate::copy::CopyError;
-use crate::resolve::ResolveError;
+use crate::error::{CliError, Doing};
 
-/// Why a command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// An admin API request failed.
-    #[error("{doing}: {source}")]
-    Admin {
-        /// What was being done (`adding service "echo"`).
-        doing: String,
-        /// Why it failed.
-        #[source]
-        source: AdminError,
-    },
-    /// An address or partition could not be resolved.
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
-    /// A socket operation failed.
-    #[error("{doing}: {source}")]
-    Socket {
-        /// What was being done (`connecting to parent:echo`).
-        doing: String,
-        /// The library's error, written for people.
-        #[source]
-        source: io::Error,
-    },
-    /// Copying data failed.
-    #[error(transparent)]
-    Copy(#[from] CopyError),
-    /// Writing the command's output failed.
-    #[error("writing the output: {0}")]
-    Output(#[from] io::Error),
-    /// The Hyper-V registry (Windows) refused or failed.
-    #[cfg(any(windows, test))]
-    #[error(transparent)]
-    Registry(#[from] crate::hyperv_registry::RegistryError),
-    /// A command or option that has no meaning on this platform.
-    #[error("{what} is not available on {}: {why}", std::env::consts::OS)]
-    Unsupported {
-        /// The command or option.
-        what: &'static str,
-        /// Why, and what to do instead.
-        why: &'static str,
-    },
-    /// Writing a file failed.
-    #[error("{doing} {}: {source}", path.display())]
-    File {
-        /// What was being done (`writing the manual page`).
-        doing: &'static str,
-        /// The file or directory.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
+/// What a command does, given its parsed arguments.
+pub trait Run {
+    /// Runs the command, writing its results to `out`.
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError>;
 }
 
-impl CliError {
-    /// Whether the failure is only that stdout was closed by its reader (`hvsock … | head`),
-    /// which is not worth a message.
-    pub fn is_stdout_closed(&self) -> bool {
-        match self {
-            CliError::Output(e) => e.kind() == io::ErrorKind::BrokenPipe,
-            CliError::Copy(e) => e.is_stdout_closed(),
-            _ => false,
+/// Declares [`Command`] from its variants, each holding a type that implements [`Run`], and
+/// the `Run` of `Command` that dispatches to them: a command is added in one place.
+macro_rules! commands {
+    ($( $(#[$attr:meta])* $name:ident($args:ty), )*) => {
+        /// The commands.
+        #[derive(Debug, Subcommand)]
+        pub enum Command {
+            $( $(#[$attr])* $name($args), )*
         }
-    }
+
+        impl Run for Command {
+            fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+                match self {
+                    $( Command::$name(args) => args.run(ctx, out), )*
+                }
+            }
+        }
+    };
 }
 
-/// Adds what was being done to an admin API error.
-pub trait Doing<T> {
-    /// Wraps the error with `doing()`.
-    fn doing(self, doing: impl FnOnce() -> String) -> Result<T, CliError>;
-}
-
-impl<T> Doing<T> for Result<T, AdminError> {
-    fn doing(self, doing: impl FnOnce() -> String) -> Result<T, CliError> {
-        self.map_err(|source| CliError::Admin {
-            doing: doing(),
-            source,
-        })
-    }
-}
-
-/// Runs the command, writing its output to `out`.
-#[cfg(not(windows))]
-pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let ctx = Context::new(cli.dir);
-    match cli.command {
-        Command::Service(cmd) => service::run(&ctx, cmd, out),
-        Command::Vm(cmd) => vm::run(&ctx, cmd, out),
-        Command::Listen(args) => net::listen(&ctx, args),
-        Command::Connect(args) => net::connect(&ctx, args),
-        Command::Addr(args) => addr::run(&ctx, args, out),
-        Command::Stats(args) => stats::run(&ctx, args.json, out),
-        Command::Listeners(args) => stats::listeners(&ctx, args.json, out),
-        Command::Registry(cmd) => registry::run(&ctx, cmd, out),
-        Command::Completions { shell } => generate::completions(shell, out),
-        Command::Man { output } => generate::man(output.as_deref(), out),
-    }
-}
-
-/// Why `--as` means nothing on Windows.
-#[cfg(windows)]
-const AS_VM: &str = "it acts through an hvsockd partition endpoint; on Windows a program acts \
-     from the partition it runs in (run hvsock inside the VM to act from the VM)";
-
-/// Runs the command on Windows, where Hyper-V is the provider: services are in its registry,
-/// connections are `AF_HYPERV`, and hvsockd's commands are errors that say why.
-#[cfg(windows)]
-pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    use crate::hyperv_registry::unsupported;
-    if cli.dir.is_some() {
-        return Err(unsupported(
-            "--dir",
-            "it names an hvsockd directory, and hvsockd runs on Linux; on Windows services are \
-             in the Hyper-V registry and connections use AF_HYPERV (a script for both platforms \
-             can set HVSOCK_DIR for Linux instead)",
-        ));
-    }
-    let ctx = Context::new(None);
-    match cli.command {
-        Command::Service(cmd) => crate::hyperv_registry::run(cmd, out),
-        Command::Vm(_) => Err(unsupported(
-            "`hvsock vm`",
-            "it manages hvsockd's partitions; on Windows VMs are Hyper-V's (Hyper-V Manager, or \
-             PowerShell: Get-VM; a VM's VmId is (Get-VM NAME).Id)",
-        )),
-        Command::Listen(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
-        Command::Connect(args) if args.as_vm.is_some() => Err(unsupported("--as", AS_VM)),
-        Command::Listen(args) => net::listen(&ctx, args),
-        Command::Connect(args) => net::connect(&ctx, args),
-        Command::Addr(args) => addr::run(&ctx, args, out),
-        Command::Stats(_) => Err(unsupported(
-            "`hvsock stats`",
-            "it reads hvsockd's counters, and there is no hvsockd on Windows",
-        )),
-        Command::Listeners(_) => Err(unsupported(
-            "`hvsock listeners`",
-            "it lists hvsockd's listeners, and there is no hvsockd on Windows",
-        )),
-        Command::Registry(_) => Err(unsupported(
-            "`hvsock registry`",
-            "it exports and imports hvsockd's registry, and there is no hvsockd on Windows",
-        )),
-        Command::Completions { shell } => generate::completions(shell, out),
-        Command::Man { output } => generate::man(output.as_deref(), out),
-    }
+commands! {
+    /// Register, list, switch and remove services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Add, list and remove partitions (sandboxes, and VMs attached by hybrid vsock).
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Listen on ADDR like `nc -l` (one connection, or --keep for many).
+    ///
+    /// Without --keep: accept one connection, stop listening, then copy the socket to stdout
+    /// and stdin to the socket until both directions have ended (EOF on stdin half-closes the
+    /// connection). With --keep: serve connections at once until stopped, send nothing, and
+    /// write what each sends to stdout.
+    #[command(after_help = ADDRESSES)]
+    Listen(net::ListenArgs),
+    /// Connect to ADDR like `nc`: stdin to the socket, the socket to stdout.
+    ///
+    /// EOF on stdin half-closes the connection; the peer's half-close ends the copy to stdout;
+    /// the command exits 0 once both have happened. A refused or timed-out connect exits 1
+    /// at once with the reason.
+    #[command(after_help = ADDRESSES)]
+    Connect(net::ConnectArgs),
+    /// Print what ADDR resolves to: VM GUID, service GUID, vsock port.
+    #[command(after_help = ADDRESSES)]
+    Addr(addr::AddrArgs),
+    /// Print hvsockd's counters.
+    ///
+    /// Connections established and refused (by reason) per connecting partition and service,
+    /// with their connect latency, bound listeners per partition and service, binds refused,
+    /// and clients dropped for protocol errors. The same counters are at hvsockd's `/metrics`
+    /// in Prometheus text.
+    Stats(stats::StatsArgs),
+    /// List the live listeners: where each is bound, for which service, and its backlog.
+    Listeners(stats::ListenersArgs),
+    /// Print the completion script for SHELL.
+    ///
+    /// bash: `hvsock completions bash > /usr/share/bash-completion/completions/hvsock`;
+    /// zsh: `hvsock completions zsh > /usr/share/zsh/vendor-completions/_hvsock`;
+    /// fish: `hvsock completions fish > /usr/share/fish/vendor_completions.d/hvsock.fish`.
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page hvsock(1), or write every page into DIR.
+    ///
+    /// With --output DIR: hvsock.1 and one page per command (hvsock-service.1,
+    /// hvsock-service-add.1, ...), generated from the same definition as --help.
+    Man(generate::ManArgs),
+    /// Export or import the whole registry (services, policies, partitions).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Run a command in a guest or sandbox through its hvsock-agent (VM session service).
+    ///
+    /// stdout and stderr are kept apart, stdin is streamed, Ctrl-C and SIGTERM are forwarded;
+    /// --tty runs it on a pseudo-terminal. Exit status: the command's, 128+N for death by
+    /// signal N, 127 not found, 126 not executable, 255 when hvsock itself failed.
+    Exec(exec::ExecArgs),
+    /// Open a login shell in a guest or sandbox on a terminal (hvsock exec --tty, the user's
+    /// shell).
+    Shell(exec::ShellArgs),
+    /// Copy files and directories in and out of a guest or sandbox: one side is VM:/path.
+    Cp(cp::CpArgs),
+    /// OpenSSH ProxyCommand: connect to VM's vsock port and hand ssh the socket.
+    ///
+    /// In ssh_config: `Host hvsock/* hvsock%*`, `ProxyCommand hvsock ssh-proxy %h %p`,
+    /// `ProxyUseFdpass yes` (packaging/ssh/hvsock.conf); then `ssh hvsock/VM`.
+    SshProxy(ssh_proxy::SshProxyArgs),
 }
 
 /// An admin API client, or the error of not having one, said as `doing`.
-pub fn admin(
-    ctx: &Context,
-    doing: impl FnOnce() -> String,
-) -> Result<&crate::admin_client::AdminClient, CliError> {
+pub fn admin(ctx: &Context, doing: impl FnOnce() -> String) -> Result<&AdminClient, CliError> {
     ctx.admin().doing(doing)
 }

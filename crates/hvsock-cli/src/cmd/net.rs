@@ -7,7 +7,10 @@
 //! - `listen --keep ADDR`: binds and serves connections at once, each on its own thread, until
 //!   killed: it sends nothing, writes what each peer sends to stdout in whole chunks, and closes
 //!   each connection when its peer half-closes. At most `--max-connections` are served at once;
-//!   more wait in hvsockd's backlog.
+//!   more wait in hvsockd's backlog. Accepting runs on a thread of its own, and the command's
+//!   thread waits for the first failure that ends it: an accept that fails, or stdout that
+//!   fails (no connection can be served without it; a closed stdout ends the command quietly,
+//!   as everywhere).
 //!
 //! The partition acted from is `--as VM`'s (through its endpoint), else the root's through the
 //! `--dir` given, else the one the environment names (`HVSOCK_ENDPOINT`, `HVSOCK_DIR`, …). A
@@ -15,17 +18,87 @@
 //! library's message prefixed by what was being done.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::Duration;
 
+use clap::Args;
 use hvsock::{HvListener, HvStream, SockAddrHv, Transport};
 
-use super::CliError;
-use crate::cli::{AddrArg, ConnectArgs, ListenArgs};
+use super::Run;
+use crate::args::{AddrArg, parse_addr};
 use crate::context::Context;
 use crate::copy;
+use crate::error::CliError;
 use crate::resolve::{resolve, transport};
+
+/// `hvsock listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Listen from inside this partition (a name, a VmId or `host`) through its endpoint.
+    #[arg(long = "as", value_name = "VM")]
+    pub as_vm: Option<String>,
+    /// Serve connections at once until stopped; send nothing, write what each sends to
+    /// stdout (whole chunks, never mixed mid-chunk), close each when its peer half-closes.
+    #[arg(long)]
+    pub keep: bool,
+    /// With --keep: run CMD (with `sh -c`) for each connection, the socket as its stdin and
+    /// stdout, like inetd or systemd's Accept=yes (HVSOCK_PEER and HVSOCK_LOCAL name the
+    /// ends).
+    #[arg(long, value_name = "CMD", requires = "keep")]
+    pub exec: Option<String>,
+    /// With --keep: how many connections to serve at once; more wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "keep",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Tell on stderr when listening and where each connection comes from.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The address to bind: VM says whom to accept (wildcard: any partition that may reach
+    /// this one; children; loopback; parent; a partition), SERVICE what to serve.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+}
+
+/// `hvsock connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Connect from inside this partition (a name, a VmId or `host`) through its endpoint.
+    #[arg(long = "as", value_name = "VM")]
+    pub as_vm: Option<String>,
+    /// How long to wait for the connection, in milliseconds (1 to 300000).
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub timeout: u64,
+    /// Tell on stderr when connected.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The address to connect to.
+    #[arg(value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: AddrArg,
+}
+
+/// Why `--as` means nothing on Windows.
+const AS_VM: &str = "it acts through an hvsockd partition endpoint; on Windows a program acts \
+     from the partition it runs in (run hvsock inside the VM to act from the VM)";
+
+impl Run for ListenArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) && self.as_vm.is_some() {
+            return Err(CliError::unsupported("--as", AS_VM));
+        }
+        listen(ctx, self)
+    }
+}
+
+impl Run for ConnectArgs {
+    fn run(self, ctx: &Context, _out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) && self.as_vm.is_some() {
+            return Err(CliError::unsupported("--as", AS_VM));
+        }
+        connect(ctx, self)
+    }
+}
 
 /// How many unaccepted connections `listen --keep` lets hvsockd queue.
 const KEEP_BACKLOG: u32 = hvsock::DEFAULT_BACKLOG;
@@ -59,7 +132,7 @@ fn setup(
 }
 
 /// Runs `connect`.
-pub fn connect(ctx: &Context, args: ConnectArgs) -> Result<(), CliError> {
+fn connect(ctx: &Context, args: ConnectArgs) -> Result<(), CliError> {
     let (addr, transport, what) = setup(ctx, &args.addr, args.as_vm.as_deref())?;
     let timeout = Duration::from_millis(args.timeout);
     let stream =
@@ -78,7 +151,7 @@ pub fn connect(ctx: &Context, args: ConnectArgs) -> Result<(), CliError> {
 }
 
 /// Runs `listen`.
-pub fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
+fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
     let (addr, transport, what) = setup(ctx, &args.addr, args.as_vm.as_deref())?;
     let backlog = if args.keep { KEEP_BACKLOG } else { 1 };
     let listener =
@@ -104,34 +177,159 @@ pub fn listen(ctx: &Context, args: ListenArgs) -> Result<(), CliError> {
         }
         return Ok(copy::duplex(stream)?);
     }
-    let gate = Gate::new(args.max_connections);
+    if let Some(command) = args.exec {
+        return keep_exec(
+            &listener,
+            &command,
+            &what,
+            args.max_connections,
+            args.verbose,
+        );
+    }
+    keep(listener, what, args.max_connections, args.verbose)
+}
+
+/// `listen --keep --exec CMD`: inetd for Hyper-V sockets (systemd's `Accept=yes`). Each
+/// connection runs `sh -c CMD` with the socket as its stdin and stdout (stderr stays ours) and
+/// `HVSOCK_PEER` / `HVSOCK_LOCAL` naming both ends, at most `max` at once, until an accept
+/// fails. E.g. `--exec '/usr/sbin/sshd -i' wildcard:22` serves ssh over vsock port 22, as
+/// systemd's `sshd-vsock.socket` does in a guest.
+#[cfg(unix)]
+fn keep_exec(
+    listener: &HvListener,
+    command: &str,
+    what: &str,
+    max: u32,
+    verbose: bool,
+) -> Result<(), CliError> {
+    let gate = Gate::new(max);
     loop {
         let permit = gate.acquire();
-        let (stream, peer) = accept(&listener)?;
-        if args.verbose {
-            tell(format_args!("connection from {peer}"));
+        let (stream, peer) = listener.accept().map_err(|source| CliError::Socket {
+            doing: format!("accepting on {what}"),
+            source,
+        })?;
+        if verbose {
+            tell(format_args!("connection from {peer}: running {command}"));
         }
-        let verbose = args.verbose;
-        let spawned = thread::Builder::new()
-            .name(format!("conn {peer}"))
-            .spawn(move || serve_one(stream, peer, verbose, permit));
-        if let Err(e) = spawned {
-            // The connection is dropped (closed) with the failed closure.
-            tell(format_args!("dropping the connection from {peer}: {e}"));
+        let mut child = match spawn_for(command, stream, peer) {
+            Ok(child) => child,
+            Err(e) => {
+                tell(format_args!(
+                    "connection from {peer}: cannot run {command}: {e}"
+                ));
+                continue;
+            }
+        };
+        let command = command.to_owned();
+        let waiter = thread::Builder::new()
+            .name(format!("exec {peer}"))
+            .spawn(move || {
+                let status = child.wait();
+                drop(permit);
+                match status {
+                    Ok(s) if verbose || !s.success() => {
+                        tell(format_args!("connection from {peer}: {command}: {s}"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => tell(format_args!("connection from {peer}: waiting: {e}")),
+                }
+            });
+        if let Err(e) = waiter {
+            tell(format_args!("cannot wait for the command of {peer}: {e}"));
         }
     }
 }
 
-/// One `--keep` connection: its bytes to stdout until its half-close, then close it.
-fn serve_one(stream: HvStream, peer: SockAddrHv, verbose: bool, permit: Permit) {
+#[cfg(not(unix))]
+fn keep_exec(_: &HvListener, _: &str, _: &str, _: u32, _: bool) -> Result<(), CliError> {
+    Err(CliError::unsupported(
+        "--exec",
+        "it hands the socket to a command as its stdin and stdout, which needs Unix descriptors",
+    ))
+}
+
+/// `sh -c command` on the connection.
+#[cfg(unix)]
+fn spawn_for(command: &str, stream: HvStream, peer: SockAddrHv) -> io::Result<std::process::Child> {
+    use std::process::{Command as Process, Stdio};
+    let local = stream.local_addr()?;
+    let socket: std::os::fd::OwnedFd = stream.into();
+    let stdin = socket.try_clone()?;
+    Process::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(socket))
+        .env("HVSOCK_PEER", peer.to_string())
+        .env("HVSOCK_LOCAL", local.to_string())
+        .spawn()
+}
+
+/// `listen --keep`: serves connections until an accept or stdout fails, and returns that
+/// failure (see the module docs).
+fn keep(listener: HvListener, what: String, max: u32, verbose: bool) -> Result<(), CliError> {
+    let (failed, failure) = mpsc::channel();
+    let accepting = format!("accepting on {what}");
+    let acceptor = move || {
+        let gate = Gate::new(max);
+        let err = loop {
+            let permit = gate.acquire();
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(source) => {
+                    break CliError::Socket {
+                        doing: accepting,
+                        source,
+                    };
+                }
+            };
+            if verbose {
+                tell(format_args!("connection from {peer}"));
+            }
+            let failed = failed.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("conn {peer}"))
+                .spawn(move || serve_one(stream, peer, verbose, permit, &failed));
+            if let Err(e) = spawned {
+                // The connection is dropped (closed) with the failed closure.
+                tell(format_args!("dropping the connection from {peer}: {e}"));
+            }
+        };
+        let _ = failed.send(err);
+    };
+    thread::Builder::new()
+        .name("accept".to_owned())
+        .spawn(acceptor)
+        .map_err(|source| CliError::Socket {
+            doing: "starting the thread that accepts connections".to_owned(),
+            source,
+        })?;
+    // The acceptor and the connections hold the only senders: this waits for the first
+    // failure (every sender gone would mean the acceptor died without saying why).
+    Err(failure.recv().unwrap_or_else(|_| CliError::Socket {
+        doing: format!("accepting on {what}"),
+        source: io::Error::other("the thread that accepts connections ended"),
+    }))
+}
+
+/// One `--keep` connection: its bytes to stdout until its half-close, then close it. A
+/// failure of stdout goes to `failed`: it ends the command.
+fn serve_one(
+    stream: HvStream,
+    peer: SockAddrHv,
+    verbose: bool,
+    permit: Permit,
+    failed: &mpsc::Sender<CliError>,
+) {
     let result = copy::drain(stream);
     drop(permit);
     match result {
         Ok(bytes) if verbose => tell(format_args!("{peer} sent {bytes} bytes and closed")),
         Ok(_) => {}
-        // Stdout failed: no connection can be served any more. `exit_with` ends with 0 when
-        // stdout was closed (nobody reads what is received), else with the error.
-        Err(e @ copy::CopyError::Stdout(_)) => crate::exit_with(&e.into()),
+        Err(e @ copy::CopyError::Stdout(_)) => {
+            let _ = failed.send(e.into());
+        }
         Err(e) => tell(format_args!(
             "connection from {peer}: {}",
             CliError::from(e)

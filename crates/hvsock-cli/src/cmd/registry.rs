@@ -7,17 +7,62 @@
 //! line per change; `--dry-run` prints what would change; `--json` prints the API's report.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
 use serde_json::Value;
 
-use super::{CliError, Doing, admin};
+use super::{Run, admin};
 use crate::api::{Counts, ImportReport};
-use crate::cli::RegistryCommand;
 use crate::context::Context;
+use crate::error::{CliError, Doing};
 use crate::output::write_json;
 
-/// Runs one `registry` command.
+/// `hvsock registry …`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Write the registry as JSON (stable order), to stdout or --output FILE.
+    Export {
+        /// Write to FILE (replaced atomically) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import a registry written by `hvsock registry export`, in one transaction.
+    ///
+    /// Merge (the default) adds what is new and sets `enabled` and the policy of services
+    /// already there; entries whose id or name clash are listed and nothing changes. A
+    /// registry that holds only its root adopts the file's root id. Importing the same file
+    /// twice changes nothing.
+    Import {
+        /// The file (`-` for stdin).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Make the registry equal to the file: remove what it does not name, adopt its root
+        /// id (clients of host.sock are disconnected if the id changes).
+        #[arg(long)]
+        replace: bool,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the API's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Run for RegistryCommand {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) {
+            return Err(CliError::unsupported(
+                "`hvsock registry`",
+                "it exports and imports hvsockd's registry, and there is no hvsockd on Windows",
+            ));
+        }
+        run(ctx, self, out)
+    }
+}
+
+/// Runs one `registry` command through hvsockd's admin API.
 pub fn run(ctx: &Context, cmd: RegistryCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         RegistryCommand::Export { output } => export(ctx, output.as_deref(), out),

@@ -19,10 +19,53 @@
 
 use std::io::Write;
 
-use super::{CliError, Doing, admin};
+use clap::Args;
+
+use super::{Run, admin};
 use crate::api::Stats;
 use crate::context::Context;
+use crate::error::{CliError, Doing};
 use crate::output::{Table, write_json};
+
+/// `hvsock stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hvsock listeners`.
+#[derive(Debug, Args)]
+pub struct ListenersArgs {
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Run for StatsArgs {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) {
+            return Err(CliError::unsupported(
+                "`hvsock stats`",
+                "it reads hvsockd's counters, and there is no hvsockd on Windows",
+            ));
+        }
+        run(ctx, self.json, out)
+    }
+}
+
+impl Run for ListenersArgs {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) {
+            return Err(CliError::unsupported(
+                "`hvsock listeners`",
+                "it lists hvsockd's listeners, and there is no hvsockd on Windows",
+            ));
+        }
+        listeners(ctx, self.json, out)
+    }
+}
 
 /// Runs `stats`.
 pub fn run(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<(), CliError> {

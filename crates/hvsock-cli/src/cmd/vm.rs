@@ -8,17 +8,88 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use clap::{Args, Subcommand};
 use hvsock::VmId;
-
 use serde_json::json;
 
-use super::{CliError, Doing, admin};
+use super::{Run, admin};
 use crate::api::{NewPartition, Partition};
-use crate::cli::VmCommand;
+use crate::args::{JsonFlag, RemoveArgs, ShowArgs, parse_partition_name, parse_vm_id};
 use crate::context::Context;
+use crate::error::{CliError, Doing};
 use crate::output::{Fields, Table, or_dash, timestamp, write_json};
 
-/// Runs one `vm` command.
+/// `hvsock vm …`.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Add a sandbox partition, or a VM with --hybrid-vsock, and print its VmId.
+    ///
+    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/VMID.sock, to be
+    /// bind-mounted into the sandbox.
+    ///
+    /// A VM (--hybrid-vsock PATH): PATH is the Unix socket its VMM serves for the guest's
+    /// vsock device (Firecracker `uds_path`, Cloud Hypervisor `--vsock socket=PATH`,
+    /// vhost-device-vsock `--uds-path PATH`); its directory must exist. hvsockd connects into
+    /// the guest through PATH, and listens on PATH_N while a host listener the guest may
+    /// reach exists for port N. Only vsock-template services (`hvsock service add NAME
+    /// --port N`) cross into or out of a guest: a guest has ports, not GUIDs. The VM's
+    /// identity is the attachment; nothing the guest says changes it.
+    ///
+    /// Adding the same name and VmId again succeeds and changes nothing.
+    Add {
+        /// Its name.
+        #[arg(value_parser = parse_partition_name)]
+        name: String,
+        /// Its VmId (a random one if not given).
+        #[arg(long, value_name = "GUID", value_parser = parse_vm_id)]
+        id: Option<VmId>,
+        /// Its parent partition (default: the root, `host`).
+        #[arg(long, value_name = "ID|NAME")]
+        parent: Option<String>,
+        /// Attach a VM through its VMM's hybrid-vsock socket PATH (made absolute here).
+        #[arg(long, value_name = "PATH")]
+        hybrid_vsock: Option<PathBuf>,
+    },
+    /// List the partitions, the root first.
+    List(JsonFlag),
+    /// Show one partition.
+    Show(ShowArgs),
+    /// Remove a partition (it must have no children), its endpoint and its listeners.
+    Remove(RemoveArgs),
+    /// Give a partition a new name (not the root, `host`).
+    Rename(VmRenameArgs),
+    /// List a partition's direct children.
+    Children(ShowArgs),
+    /// Shut a guest down cleanly through its init (its hvsock-agent), and wait until it has
+    /// gone.
+    Shutdown(super::vm_shutdown::ShutdownArgs),
+}
+
+/// `hvsock vm rename ID|NAME NEW`.
+#[derive(Debug, Args)]
+pub struct VmRenameArgs {
+    /// The VmId or the current name.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// The new name.
+    #[arg(value_name = "NEW", value_parser = parse_partition_name)]
+    pub name: String,
+}
+
+impl Run for VmCommand {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        if cfg!(windows) {
+            return Err(CliError::unsupported(
+                "`hvsock vm`",
+                "it manages hvsockd's partitions; on Windows VMs are Hyper-V's (Hyper-V Manager, \
+                 or PowerShell: Get-VM; a VM's VmId is (Get-VM NAME).Id)",
+            ));
+        }
+        run(ctx, self, out)
+    }
+}
+
+/// Runs one `vm` command through hvsockd's admin API.
 pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         VmCommand::Add {
@@ -32,6 +103,7 @@ pub fn run(ctx: &Context, cmd: VmCommand, out: &mut dyn Write) -> Result<(), Cli
         VmCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
         VmCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
         VmCommand::Children(args) => children(ctx, &args.key, args.json, out),
+        VmCommand::Shutdown(args) => super::vm_shutdown::run(ctx, args, out),
     }
 }
 

@@ -1,60 +1,155 @@
 //! Every OS-specific line of the crate, chosen by `cfg`; the types above this module are safe
-//! and portable.
+//! and portable, and this module never names them.
 //!
-//! - `unix`: stream socket I/O, and the provider transport (hvsockd's endpoint);
-//! - `unix::vsock` (Linux): the `AF_VSOCK` transport for use inside a guest;
-//! - `windows`: the native `AF_HYPERV` transport;
-//! - `hyperv`: its plain logic (`SOCKADDR_HV` conversion, the Winsock error table), compiled on
-//!   Windows and in tests everywhere.
+//! - [`Backend`]: the one transport dispatch. A [`Transport`] resolves to the backend this
+//!   platform has for it (or an `Unsupported` error that says what to use instead), and the
+//!   backend connects and binds, blocking (`connect`, `bind`) for the std types or awaiting
+//!   (`connect_async`, `bind_async`) for the tokio types. Every transport gives the same
+//!   [`Established`] (the data socket and both addresses) and a [`Listener`] variant.
+//! - `unix`: the stream [`Socket`] of Unix transports; `unix::provider`, the client of hvsockd's
+//!   endpoint; `unix::vsock` (Linux), `AF_VSOCK` inside a guest;
+//! - `windows`: the native `AF_HYPERV` transport and its [`Socket`];
+//! - `hyperv`: the plain logic of `AF_HYPERV` (`SOCKADDR_HV` conversion, the Winsock error
+//!   table), compiled on Windows and in tests everywhere.
+//!
+//! The async halves live beside their sync halves, in the `tokio` submodules (feature
+//! `tokio`): `unix::tokio` and `windows::tokio` register a [`Socket`] or a [`Listener`] with
+//! the runtime ([`StreamIo`], [`ListenerIo`]); `unix::provider::tokio` is the async client of
+//! hvsockd.
 
 #[cfg(unix)]
 pub(crate) mod unix;
 
 #[cfg(unix)]
 pub(crate) use unix::Socket;
+#[cfg(all(unix, feature = "tokio"))]
+pub(crate) use unix::tokio::{ListenerIo, StreamIo};
 
 #[cfg(windows)]
 pub(crate) mod windows;
 
 #[cfg(windows)]
 pub(crate) use windows::Socket;
+#[cfg(all(windows, feature = "tokio"))]
+pub(crate) use windows::tokio::{ListenerIo, StreamIo};
 
 #[cfg(any(windows, test))]
 #[cfg_attr(not(windows), allow(dead_code))] // elsewhere, only its tests use it
 pub(crate) mod hyperv;
 
 use std::io;
+#[cfg(unix)]
+use std::path::Path;
 use std::time::Duration;
 
 use crate::addr::SockAddrHv;
-use crate::stream::HvStream;
 use crate::transport::Transport;
 
-/// Connects through `transport`.
-pub(crate) fn connect(
-    transport: &Transport,
-    addr: SockAddrHv,
-    timeout: Duration,
-) -> io::Result<HvStream> {
-    match transport {
-        #[cfg(unix)]
-        Transport::Provider(endpoint) => {
-            unix::provider::connect(endpoint, addr, timeout).map(HvStream::from)
+/// What every transport's `connect` and `accept` give: the data socket and both addresses.
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub(crate) socket: Socket,
+    pub(crate) local: SockAddrHv,
+    pub(crate) peer: SockAddrHv,
+}
+
+/// A transport that this platform has: what a [`Transport`] resolves to, for the std and the
+/// tokio types alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Backend<'t> {
+    /// Through the hvsockd endpoint at this path.
+    #[cfg(unix)]
+    Provider(&'t Path),
+    /// `AF_VSOCK`, inside a Linux guest.
+    #[cfg(target_os = "linux")]
+    Vsock,
+    /// `AF_HYPERV`, on Windows (the lifetime is the provider's endpoint path, which Windows
+    /// has none of).
+    #[cfg(windows)]
+    HyperV(std::marker::PhantomData<&'t ()>),
+}
+
+impl<'t> Backend<'t> {
+    /// The backend of `transport` on this platform; `Unsupported` (saying what to use instead)
+    /// for a transport this platform does not have.
+    pub(crate) fn of(transport: &'t Transport) -> io::Result<Backend<'t>> {
+        match transport {
+            #[cfg(unix)]
+            Transport::Provider(endpoint) => Ok(Backend::Provider(endpoint)),
+            #[cfg(target_os = "linux")]
+            Transport::Vsock => Ok(Backend::Vsock),
+            #[cfg(windows)]
+            Transport::HyperV => Ok(Backend::HyperV(std::marker::PhantomData)),
+            other => Err(other.unsupported()),
         }
-        #[cfg(target_os = "linux")]
-        Transport::Vsock => unix::vsock::connect(addr, timeout).map(HvStream::from),
-        #[cfg(windows)]
-        Transport::HyperV => windows::connect(addr, timeout),
-        other => Err(other.unsupported()),
+    }
+
+    /// Connects to `addr`, blocking for at most about `timeout` (already checked).
+    pub(crate) fn connect(self, addr: SockAddrHv, timeout: Duration) -> io::Result<Established> {
+        match self {
+            #[cfg(unix)]
+            Backend::Provider(endpoint) => unix::provider::connect(endpoint, addr, timeout),
+            #[cfg(target_os = "linux")]
+            Backend::Vsock => unix::vsock::connect(addr, timeout),
+            #[cfg(windows)]
+            Backend::HyperV(_) => windows::connect(addr, timeout),
+        }
+    }
+
+    /// Binds `addr` with room for `backlog` (already checked) unaccepted connections.
+    pub(crate) fn bind(self, addr: SockAddrHv, backlog: u32) -> io::Result<Listener> {
+        match self {
+            #[cfg(unix)]
+            Backend::Provider(endpoint) => Ok(Listener::Provider(unix::provider::Listener::bind(
+                endpoint, addr, backlog,
+            )?)),
+            #[cfg(target_os = "linux")]
+            Backend::Vsock => Ok(Listener::Vsock(unix::vsock::Listener::bind(addr, backlog)?)),
+            #[cfg(windows)]
+            Backend::HyperV(_) => Ok(Listener::HyperV(windows::Listener::bind(addr, backlog)?)),
+        }
+    }
+
+    /// [`connect`](Backend::connect) without blocking the runtime.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn connect_async(
+        self,
+        addr: SockAddrHv,
+        timeout: Duration,
+    ) -> io::Result<Established> {
+        match self {
+            #[cfg(unix)]
+            Backend::Provider(endpoint) => {
+                unix::provider::tokio::connect(endpoint, addr, timeout).await
+            }
+            #[cfg(target_os = "linux")]
+            Backend::Vsock => unix::vsock::connect_async(addr, timeout).await,
+            #[cfg(windows)]
+            Backend::HyperV(_) => windows::tokio::connect(addr, timeout).await,
+        }
+    }
+
+    /// [`bind`](Backend::bind) without blocking the runtime: only hvsockd's answer is waited
+    /// for; binding a vsock or `AF_HYPERV` socket never waits.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn bind_async(self, addr: SockAddrHv, backlog: u32) -> io::Result<Listener> {
+        match self {
+            #[cfg(unix)]
+            Backend::Provider(endpoint) => Ok(Listener::Provider(
+                unix::provider::tokio::bind(endpoint, addr, backlog).await?,
+            )),
+            #[cfg(any(target_os = "linux", windows))]
+            other => other.bind(addr, backlog),
+        }
     }
 }
 
 /// A listener of any transport.
 ///
-/// The async listener (`crate::tokio`) wraps this enum in an `AsyncFd`: every variant must own
-/// exactly one descriptor for its whole life (the one `as_fd` returns), that descriptor must
-/// become readable when a connection waits, and `accept` on a non-blocking listener must
-/// return `WouldBlock` when none does.
+/// The async listener wraps this enum in its runtime registration ([`ListenerIo`]): every
+/// variant must own exactly one descriptor for its whole life (the one `as_fd` returns), that
+/// descriptor must become readable when a connection waits, and `accept` on a non-blocking
+/// listener must return `WouldBlock` when none does.
 #[derive(Debug)]
 pub(crate) enum Listener {
     #[cfg(unix)]
@@ -66,30 +161,13 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
-    pub(crate) fn bind(
-        transport: &Transport,
-        addr: SockAddrHv,
-        backlog: u32,
-    ) -> io::Result<Listener> {
-        match transport {
-            #[cfg(unix)]
-            Transport::Provider(endpoint) => Ok(Listener::Provider(
-                unix::provider::Listener::bind(endpoint, addr, backlog)?,
-            )),
-            #[cfg(target_os = "linux")]
-            Transport::Vsock => Ok(Listener::Vsock(unix::vsock::Listener::bind(addr, backlog)?)),
-            #[cfg(windows)]
-            Transport::HyperV => Ok(Listener::HyperV(windows::Listener::bind(addr, backlog)?)),
-            other => Err(other.unsupported()),
-        }
-    }
-
-    pub(crate) fn accept(&self) -> io::Result<HvStream> {
+    /// Takes the next connection. Blocks unless the listener is non-blocking.
+    pub(crate) fn accept(&self) -> io::Result<Established> {
         match self {
             #[cfg(unix)]
-            Listener::Provider(l) => l.accept().map(HvStream::from),
+            Listener::Provider(l) => l.accept(),
             #[cfg(target_os = "linux")]
-            Listener::Vsock(l) => l.accept().map(HvStream::from),
+            Listener::Vsock(l) => l.accept(),
             #[cfg(windows)]
             Listener::HyperV(l) => l.accept(),
         }

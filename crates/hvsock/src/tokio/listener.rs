@@ -7,11 +7,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::windows::io::{AsRawSocket, AsSocket, BorrowedSocket, RawSocket};
 use std::task::{Context, Poll};
 
-use super::ListenerIo;
 use super::stream::HvStream;
 use crate::addr::SockAddrHv;
 use crate::listener::{DEFAULT_BACKLOG, check_backlog};
-use crate::sys;
+use crate::sys::{Backend, Established, ListenerIo};
 use crate::transport::Transport;
 
 /// A listener bound to a `(vm, service)` address in this partition, for tokio.
@@ -39,23 +38,7 @@ impl HvListener {
         backlog: u32,
     ) -> io::Result<HvListener> {
         check_backlog(backlog)?;
-        let listener = match transport {
-            #[cfg(unix)]
-            Transport::Provider(endpoint) => {
-                sys::Listener::Provider(super::provider::bind(endpoint, addr, backlog).await?)
-            }
-            // Binding a vsock socket never waits.
-            #[cfg(target_os = "linux")]
-            Transport::Vsock => {
-                let listener = sys::unix::vsock::Listener::bind(addr, backlog)?;
-                listener.set_nonblocking(true)?;
-                sys::Listener::Vsock(listener)
-            }
-            // Binding does not wait on Windows.
-            #[cfg(windows)]
-            Transport::HyperV => sys::Listener::bind(transport, addr, backlog)?,
-            other => return Err(other.unsupported()),
-        };
+        let listener = Backend::of(transport)?.bind_async(addr, backlog).await?;
         Ok(HvListener {
             io: ListenerIo::new(listener)?,
         })
@@ -103,10 +86,10 @@ impl HvListener {
     }
 }
 
-/// The async stream of an accepted std stream.
-fn accepted(stream: crate::HvStream) -> io::Result<(HvStream, SockAddrHv)> {
-    let peer = stream.peer;
-    Ok((HvStream::new(stream.inner, stream.local, peer)?, peer))
+/// The async stream of an accepted connection, and its peer's address.
+fn accepted(est: Established) -> io::Result<(HvStream, SockAddrHv)> {
+    let peer = est.peer;
+    Ok((HvStream::established(est)?, peer))
 }
 
 #[cfg(unix)]

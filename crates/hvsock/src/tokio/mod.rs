@@ -91,22 +91,22 @@
 //! **Timeouts.** hvsockd enforces the connect timeout (answering `TimedOut`); the library gives
 //! an unresponsive hvsockd one more second, as the std connect does.
 
+//!
+//! # Where the code is
+//!
+//! This module holds the public types only: [`HvListener`] and [`HvStream`] with its halves.
+//! They connect and bind through the same transport dispatch as the std types
+//! (`crate::sys::Backend`, its `connect_async` and `bind_async`), and the async halves of the
+//! transports live beside their sync halves under `crate::sys`: `sys::unix::tokio` and
+//! `sys::windows::tokio` (the runtime registration of sockets and listeners, and the async
+//! `AF_HYPERV` connect), `sys::unix::provider::tokio` (the async client of hvsockd and its
+//! pool of control connections).
+
 mod listener;
-#[cfg(unix)]
-mod provider;
 mod stream;
-#[cfg(unix)]
-mod unix;
-#[cfg(windows)]
-mod windows;
 
 pub use listener::HvListener;
 pub use stream::{HvStream, OwnedReadHalf, OwnedWriteHalf, ReuniteError};
-
-#[cfg(unix)]
-use unix::{ListenerIo, StreamIo, register};
-#[cfg(windows)]
-use windows::{ListenerIo, StreamIo};
 
 #[cfg(all(test, unix))]
 mod tests;

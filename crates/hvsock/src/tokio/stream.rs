@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::StreamIo;
 use crate::addr::SockAddrHv;
 use crate::stream::{DEFAULT_CONNECT_TIMEOUT, check_timeout};
-use crate::sys::Socket;
+use crate::sys::{Backend, Established, Socket, StreamIo};
 use crate::transport::Transport;
 
 /// A connected stream between two partitions, for tokio.
@@ -54,37 +53,22 @@ impl HvStream {
         timeout: Duration,
     ) -> io::Result<HvStream> {
         let timeout = check_timeout(timeout)?;
-        match transport {
-            #[cfg(unix)]
-            Transport::Provider(endpoint) => {
-                let est = super::provider::connect(endpoint, addr, timeout).await?;
-                HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
-            }
-            // The vsock connect (non-blocking connect + poll, bounded by `timeout`) runs on a
-            // blocking thread rather than the reactor.
-            #[cfg(target_os = "linux")]
-            Transport::Vsock => {
-                let est = ::tokio::task::spawn_blocking(move || {
-                    crate::sys::unix::vsock::connect(addr, timeout)
-                })
-                .await
-                .map_err(|e| io::Error::other(format!("the vsock connect task failed: {e}")))??;
-                HvStream::new(Socket::from_fd(est.fd), est.local, est.peer)
-            }
-            #[cfg(windows)]
-            Transport::HyperV => super::windows::connect(addr, timeout).await,
-            other => Err(other.unsupported()),
-        }
+        let backend = Backend::of(transport)?;
+        HvStream::established(backend.connect_async(addr, timeout).await?)
     }
 
     /// Registers a connected socket, putting it in non-blocking mode.
     pub(super) fn new(sock: Socket, local: SockAddrHv, peer: SockAddrHv) -> io::Result<HvStream> {
-        Ok(HvStream::from_parts(StreamIo::new(sock)?, local, peer))
+        Ok(HvStream {
+            io: StreamIo::new(sock)?,
+            local,
+            peer,
+        })
     }
 
-    /// A stream of a socket already registered.
-    pub(super) fn from_parts(io: StreamIo, local: SockAddrHv, peer: SockAddrHv) -> HvStream {
-        HvStream { io, local, peer }
+    /// Registers what a transport's connect or accept gave.
+    pub(super) fn established(est: Established) -> io::Result<HvStream> {
+        HvStream::new(est.socket, est.local, est.peer)
     }
 
     /// Takes over a std [`crate::HvStream`], putting it in non-blocking mode.

@@ -1,7 +1,11 @@
-//! Unix system calls of the crate: socket I/O on a connected stream descriptor, and the
-//! transports (the hvsockd provider, and AF_VSOCK inside a Linux guest).
+//! Unix system calls of the crate: socket I/O on a connected stream descriptor ([`Socket`]),
+//! and the transports: `provider` (the client of hvsockd's endpoint) and `vsock` (`AF_VSOCK`
+//! inside a Linux guest). `tokio` (feature `tokio`) is the async half of [`Socket`]: the
+//! registration of sockets and listeners with tokio's reactor.
 
 pub(crate) mod provider;
+#[cfg(feature = "tokio")]
+pub(crate) mod tokio;
 #[cfg(target_os = "linux")]
 pub(crate) mod vsock;
 
@@ -10,26 +14,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use rustix::net::{RecvFlags, SendFlags, Shutdown, sockopt};
-
-use crate::addr::SockAddrHv;
-use crate::stream::HvStream;
-
-/// What a Unix transport's `connect` and `accept` give: the data socket and both addresses.
-pub(crate) struct Established {
-    pub(crate) fd: OwnedFd,
-    pub(crate) local: SockAddrHv,
-    pub(crate) peer: SockAddrHv,
-}
-
-impl From<Established> for HvStream {
-    fn from(est: Established) -> HvStream {
-        HvStream {
-            inner: Socket::from_fd(est.fd),
-            local: est.local,
-            peer: est.peer,
-        }
-    }
-}
 
 /// A connected stream socket: a Unix socket handed over by hvsockd, or a vsock socket.
 #[derive(Debug)]

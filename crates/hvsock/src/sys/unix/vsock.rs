@@ -50,9 +50,10 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket as Sock2, Type};
 
-use super::Established;
+use super::Socket;
 use crate::addr::SockAddrHv;
 use crate::guid::{Guid, ServiceId, VmId};
+use crate::sys::Established;
 
 /// `VMADDR_CID_ANY`: bind to every CID of this guest.
 pub(crate) const VMADDR_CID_ANY: u32 = u32::MAX;
@@ -301,8 +302,20 @@ pub(crate) fn connect(target: SockAddrHv, timeout: Duration) -> io::Result<Estab
     Ok(Established {
         local: SockAddrHv::new(vm_of_cid(local_cid), target.service_id),
         peer: SockAddrHv::new(vm_of_cid(peer_cid), target.service_id),
-        fd: sock.into(),
+        socket: Socket::from_fd(sock.into()),
     })
+}
+
+/// [`connect`] for the async types: the non-blocking connect and its `poll`, bounded by
+/// `timeout`, run on one of the runtime's blocking threads rather than on its reactor.
+#[cfg(feature = "tokio")]
+pub(crate) async fn connect_async(
+    target: SockAddrHv,
+    timeout: Duration,
+) -> io::Result<Established> {
+    ::tokio::task::spawn_blocking(move || connect(target, timeout))
+        .await
+        .map_err(|e| io::Error::other(format!("the vsock connect task failed: {e}")))?
 }
 
 /// A listening vsock socket.
@@ -356,7 +369,7 @@ impl Listener {
             return Ok(Established {
                 local: SockAddrHv::new(vm_of_cid(local_cid), self.local.service_id),
                 peer: SockAddrHv::new(vm_of_cid(peer_cid), self.local.service_id),
-                fd: conn.into(),
+                socket: Socket::from_fd(conn.into()),
             });
         }
     }

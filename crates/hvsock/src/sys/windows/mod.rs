@@ -10,8 +10,12 @@
 //! `setsockopt`. Addresses are `windows-sys`'s `SOCKADDR_HV`, converted by
 //! [`super::hyperv`], whose logic is tested on every platform.
 //!
-//! The functions take `&socket2::Socket`, so that the async types (which own the socket
-//! through their runtime registration) can run them on a borrowed `socket2::SockRef`.
+//! The functions take `&socket2::Socket`, so that the async half (`tokio`, feature `tokio`),
+//! which owns the socket through its runtime registration, runs them on a borrowed
+//! `socket2::SockRef`.
+
+#[cfg(feature = "tokio")]
+pub(crate) mod tokio;
 
 use std::io::{self, Read, Write};
 use std::mem::{MaybeUninit, size_of};
@@ -27,7 +31,7 @@ use windows_sys::Win32::System::Hypervisor::{
 
 use super::hyperv::{self, Op, normalize, op_error};
 use crate::addr::{AF_HYPERV, SockAddrHv};
-use crate::stream::HvStream;
+use crate::sys::Established;
 
 /// A new, unbound `AF_HYPERV` stream socket (non-inheritable, overlapped-capable).
 pub(crate) fn new_socket(addr: SockAddrHv) -> io::Result<socket2::Socket> {
@@ -140,7 +144,7 @@ pub(crate) fn addresses(
 }
 
 /// Connects to `addr`, with `HVSOCKET_CONNECT_TIMEOUT` set to `timeout` (Hyper-V enforces it).
-pub(crate) fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<HvStream> {
+pub(crate) fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<Established> {
     let sock = new_socket(addr)?;
     set_connect_timeout(&sock, addr, timeout)?;
     sock.connect(&sock_addr(addr))
@@ -150,8 +154,8 @@ pub(crate) fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<HvStrea
         SockAddrHv::new(crate::VmId::ZERO, addr.service_id),
         addr,
     );
-    Ok(HvStream {
-        inner: Socket(sock),
+    Ok(Established {
+        socket: Socket(sock),
         local,
         peer,
     })
@@ -346,11 +350,11 @@ impl Listener {
     }
 
     /// Accepts one connection, as a blocking stream whatever the listener's mode.
-    pub(crate) fn accept(&self) -> io::Result<HvStream> {
+    pub(crate) fn accept(&self) -> io::Result<Established> {
         let (conn, local, peer) = accept(&self.sock, self.local)?;
         conn.set_nonblocking(false)?;
-        Ok(HvStream {
-            inner: Socket(conn),
+        Ok(Established {
+            socket: Socket(conn),
             local,
             peer,
         })
@@ -388,7 +392,7 @@ mod tests {
 
     use super::*;
     use crate::guid::{ServiceId, VmId};
-    use crate::{HvListener, Transport};
+    use crate::{HvListener, HvStream, Transport};
 
     #[test]
     fn sock_addr_round_trips_through_winsock_storage() {
@@ -469,8 +473,10 @@ mod tests {
         assert!(err.to_string().contains("loopback:"), "{err}");
     }
 
+    // `crate`: this module's glob import brings in the sibling `tokio` module (the async
+    // half), which the macro's own `tokio::` paths would otherwise resolve to.
     #[cfg(feature = "tokio")]
-    #[::tokio::test]
+    #[::tokio::test(crate = "::tokio")]
     async fn async_loopback_echo() {
         use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Some((listener, addr)) = loopback_listener(0x6876_0005) else {

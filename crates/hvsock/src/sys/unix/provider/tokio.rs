@@ -1,8 +1,8 @@
 //! The provider transport, async: control connections to hvsockd awaited on the runtime.
 //!
-//! The frames and their meaning are shared with the std client
-//! (`crate::sys::unix::provider`); only the waiting differs. See the parent module for why a
-//! connect owns its control connection while it waits, and the pool that reuses them.
+//! The frames and their meaning are shared with the std client (the parent module and its
+//! `mux`); only the waiting differs. See `crate::tokio` for why an async connect owns its
+//! control connection while it waits, and the pool that reuses them.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,17 +17,16 @@ use ::tokio::time::{Instant, sleep, timeout_at};
 use hvsock_proto::Frame;
 use hvsock_proto::unix::{Received, connect_endpoint, recv_frame, send_frame};
 
+use super::{self as shared, Answer, BIND_TIMEOUT, GRACE, endpoint_error, session_lost};
 use crate::addr::SockAddrHv;
-use crate::sys::unix::Established;
-use crate::sys::unix::provider::{
-    self as shared, Answer, BIND_TIMEOUT, GRACE, endpoint_error, session_lost,
-};
+use crate::sys::Established;
+use crate::sys::unix::tokio::register;
 
 /// Most idle control connections kept per endpoint.
-pub(super) const MAX_IDLE: usize = 16;
+pub(crate) const MAX_IDLE: usize = 16;
 
 /// Connects to `target` through the hvsockd endpoint at `endpoint`.
-pub(super) async fn connect(
+pub(crate) async fn connect(
     endpoint: &Path,
     target: SockAddrHv,
     timeout: Duration,
@@ -57,7 +56,7 @@ async fn connect_until_answered(
             Some(fd) => (fd, true),
             None => (open_session(endpoint).await?, false),
         };
-        let session = super::register(fd)?;
+        let session = register(fd)?;
         // Never 0: an `Error` with request id 0 is about the whole session.
         let req = NEXT_REQ.fetch_add(1, Ordering::Relaxed).max(1);
         match send(&session, &shared::connect_request(req, target, timeout)).await {
@@ -81,14 +80,14 @@ async fn connect_until_answered(
 }
 
 /// Opens a listener session and binds `addr`.
-pub(super) async fn bind(
+pub(crate) async fn bind(
     endpoint: &Path,
     addr: SockAddrHv,
     backlog: u32,
 ) -> io::Result<shared::Listener> {
     let deadline = Instant::now() + BIND_TIMEOUT;
     let bound = async {
-        let session = super::register(open_session(endpoint).await?)?;
+        let session = register(open_session(endpoint).await?)?;
         send(&session, &shared::bind_request(addr, backlog))
             .await
             .map_err(|e| endpoint_error(endpoint, e))?;
@@ -197,4 +196,4 @@ mod pool {
 }
 
 #[cfg(test)]
-pub(super) use pool::count as idle_count;
+pub(crate) use pool::count as idle_count;

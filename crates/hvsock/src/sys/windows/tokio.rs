@@ -1,4 +1,5 @@
-//! The runtime registration of the async types on Windows, and the async `AF_HYPERV` connect.
+//! The async half of the `AF_HYPERV` transport: the registration of its sockets with tokio's
+//! reactor, for the async types (`crate::tokio`), and the async connect.
 //!
 //! tokio has no `AsyncFd` on Windows. Its reactor (mio) waits on sockets with AFD polling
 //! (`IOCTL_AFD_POLL` on the socket's base handle), which works for any Winsock socket served by
@@ -6,7 +7,7 @@
 //! one public door to that reactor for a socket is `tokio::net::TcpStream::from_std`, so the
 //! socket, stream or listening, is registered as a `TcpStream` that serves **only** as the
 //! registration: every call on the socket is this crate's own (`recv`, `send`, `accept`,
-//! `shutdown`, `SO_ERROR`, through [`crate::sys::windows`] on a borrowed `socket2::SockRef`),
+//! `shutdown`, `SO_ERROR`, through the parent module on a borrowed `socket2::SockRef`),
 //! made inside `TcpStream::try_io`/`async_io` so that a `WouldBlock` re-arms the poll. No TCP
 //! method (addresses, `nodelay`, …) is ever called on it.
 //!
@@ -24,11 +25,10 @@ use ::tokio::io::{Interest, ReadBuf};
 use ::tokio::net::TcpStream;
 use socket2::SockRef;
 
-use super::stream::HvStream;
 use crate::addr::SockAddrHv;
 use crate::guid::VmId;
 use crate::sys::hyperv::{Op, op_error};
-use crate::sys::{self, Socket, windows};
+use crate::sys::{self, Established, Socket, windows};
 
 /// How long past the connect timeout the async connect waits for Hyper-V to answer.
 const CONNECT_GRACE: Duration = Duration::from_secs(1);
@@ -47,8 +47,9 @@ fn deregister(io: TcpStream) -> io::Result<socket2::Socket> {
 /// Connects to `addr` without blocking the runtime: a non-blocking `connect` with
 /// `HVSOCKET_CONNECT_TIMEOUT` set, then the wait for writability and `SO_ERROR`. Hyper-V
 /// enforces the timeout; the wait gives up [`CONNECT_GRACE`] later in any case. Dropping the
-/// future closes the socket.
-pub(super) async fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<HvStream> {
+/// future closes the socket. The socket comes back deregistered, as every transport's
+/// [`Established`] does; the async stream registers it again.
+pub(crate) async fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<Established> {
     let sock = windows::new_socket(addr)?;
     windows::set_connect_timeout(&sock, addr, timeout)?;
     sock.set_nonblocking(true)?;
@@ -81,21 +82,25 @@ pub(super) async fn connect(addr: SockAddrHv, timeout: Duration) -> io::Result<H
         SockAddrHv::new(VmId::ZERO, addr.service_id),
         addr,
     );
-    Ok(HvStream::from_parts(StreamIo(io), local, peer))
+    Ok(Established {
+        socket: Socket::from_socket(deregister(io)?),
+        local,
+        peer,
+    })
 }
 
 /// A connected `AF_HYPERV` socket registered with the runtime.
 #[derive(Debug)]
-pub(super) struct StreamIo(TcpStream);
+pub(crate) struct StreamIo(TcpStream);
 
 impl StreamIo {
     /// Registers `sock`, putting it in non-blocking mode.
-    pub(super) fn new(sock: Socket) -> io::Result<StreamIo> {
+    pub(crate) fn new(sock: Socket) -> io::Result<StreamIo> {
         Ok(StreamIo(register(sock.into_socket())?))
     }
 
     /// Deregisters the socket and gives it back (still non-blocking).
-    pub(super) fn into_socket(self) -> io::Result<Socket> {
+    pub(crate) fn into_socket(self) -> io::Result<Socket> {
         Ok(Socket::from_socket(deregister(self.0)?))
     }
 
@@ -103,7 +108,7 @@ impl StreamIo {
         SockRef::from(&self.0)
     }
 
-    pub(super) fn poll_read(
+    pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
@@ -125,7 +130,7 @@ impl StreamIo {
         }
     }
 
-    pub(super) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
             match self
@@ -138,7 +143,7 @@ impl StreamIo {
         }
     }
 
-    pub(super) fn poll_write_vectored(
+    pub(crate) fn poll_write_vectored(
         &self,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
@@ -154,11 +159,11 @@ impl StreamIo {
         }
     }
 
-    pub(super) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         windows::shutdown(&self.sock(), how)
     }
 
-    pub(super) fn take_error(&self) -> io::Result<Option<io::Error>> {
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         windows::take_error(&self.sock())
     }
 }
@@ -172,14 +177,14 @@ impl AsSocket for StreamIo {
 /// A listening `AF_HYPERV` socket registered with the runtime, and the address it was bound
 /// to.
 #[derive(Debug)]
-pub(super) struct ListenerIo {
+pub(crate) struct ListenerIo {
     io: TcpStream,
     local: SockAddrHv,
 }
 
 impl ListenerIo {
     /// Registers `listener`, putting it in non-blocking mode.
-    pub(super) fn new(listener: sys::Listener) -> io::Result<ListenerIo> {
+    pub(crate) fn new(listener: sys::Listener) -> io::Result<ListenerIo> {
         let sys::Listener::HyperV(listener) = listener;
         let (sock, local) = listener.into_parts();
         Ok(ListenerIo {
@@ -189,17 +194,17 @@ impl ListenerIo {
     }
 
     /// Deregisters the listener and gives it back (still non-blocking).
-    pub(super) fn into_listener(self) -> io::Result<sys::Listener> {
+    pub(crate) fn into_listener(self) -> io::Result<sys::Listener> {
         Ok(sys::Listener::HyperV(windows::Listener::from_parts(
             deregister(self.io)?,
             self.local,
         )))
     }
 
-    fn accept_now(&self) -> io::Result<crate::HvStream> {
+    fn accept_now(&self) -> io::Result<Established> {
         let (conn, local, peer) = windows::accept(&SockRef::from(&self.io), self.local)?;
-        Ok(crate::HvStream {
-            inner: Socket::from_socket(conn),
+        Ok(Established {
+            socket: Socket::from_socket(conn),
             local,
             peer,
         })
@@ -207,13 +212,13 @@ impl ListenerIo {
 
     /// Waits for the next connection. Cancellation safe: a connection is taken only by the
     /// `accept` call that returns it.
-    pub(super) async fn accept(&self) -> io::Result<crate::HvStream> {
+    pub(crate) async fn accept(&self) -> io::Result<Established> {
         self.io
             .async_io(Interest::READABLE, || self.accept_now())
             .await
     }
 
-    pub(super) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<crate::HvStream>> {
+    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Established>> {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
             match self.io.try_io(Interest::READABLE, || self.accept_now()) {
@@ -223,7 +228,7 @@ impl ListenerIo {
         }
     }
 
-    pub(super) fn local_addr(&self) -> SockAddrHv {
+    pub(crate) fn local_addr(&self) -> SockAddrHv {
         self.local
     }
 }

@@ -6,20 +6,155 @@
 //! changing it when given flags. An `ID` may also be a decimal vsock port, which stands for its
 //! template GUID. `remove --if-exists` exits 0 with a note on stderr when there is nothing to
 //! remove, so that scripts can rerun.
+//!
+//! On Windows there is no hvsockd: `hyperv` runs `add|list|show|remove` against the Hyper-V
+//! host's own registry of services, and the rest say why they mean nothing there.
+
+#[cfg(any(windows, test))]
+pub mod hyperv;
 
 use std::io::Write;
 
+use clap::{Args, Subcommand};
 use hvsock::{ServiceId, ServiceSpec};
 use serde_json::{Value, json};
 
-use super::{CliError, Doing, admin};
+use super::{Run, admin};
 use crate::admin_client::AdminClient;
 use crate::api::{NewService, Policy, Service};
-use crate::cli::{PolicyArgs, ServiceCommand, split_list};
+use crate::args::{JsonFlag, KeyArg, RemoveArgs, ShowArgs, parse_service_id, parse_service_name};
 use crate::context::Context;
+use crate::error::{CliError, Doing};
 use crate::output::{Fields, Table, or_dash, timestamp, write_json, yes_no};
 
-/// Runs one `service` command.
+/// `hvsock service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register a service and print its GUID.
+    ///
+    /// The GUID is random unless --id or --port is given. Adding the same name and GUID again
+    /// succeeds and changes nothing.
+    Add {
+        /// Its friendly name.
+        #[arg(value_parser = parse_service_name)]
+        name: String,
+        /// Its GUID.
+        #[arg(long, value_name = "GUID", value_parser = parse_service_id, conflicts_with = "port")]
+        id: Option<ServiceId>,
+        /// A vsock port: the service gets that port's template GUID (reachable from Linux
+        /// guests).
+        #[arg(long, value_name = "N")]
+        port: Option<u32>,
+        /// Register it disabled: nothing may reach it across a partition boundary until
+        /// `hvsock service enable`.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List the registered services.
+    List(JsonFlag),
+    /// Show one service (ID may also be its vsock port).
+    Show(ShowArgs),
+    /// Let connections across partitions reach a service.
+    Enable(KeyArg),
+    /// Refuse connections across partitions to a service (loopback still works).
+    Disable(KeyArg),
+    /// Unregister a service.
+    Remove(RemoveArgs),
+    /// Give a service a new friendly name (counters and listings show it at once).
+    Rename(RenameArgs),
+    /// Show a service's policy, or change it with the flags.
+    ///
+    /// The policy says which partitions may connect to the service across a partition
+    /// boundary (--connect), which may bind it (--bind), and whether it may be bound with the
+    /// wildcard (--wildcard-bind). Lists are partition names or ids, comma-separated; an empty
+    /// list allows none. Flags not given leave their rule as it is. Loopback is never
+    /// restricted.
+    Policy(PolicyArgs),
+}
+
+/// `hvsock service rename ID|NAME NEW`.
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The GUID, the current name or the vsock port.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// The new name.
+    #[arg(value_name = "NEW", value_parser = parse_service_name)]
+    pub name: String,
+}
+
+/// `hvsock service policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The service: GUID, name or vsock port.
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+    /// Only these partitions may connect across a boundary (comma-separated names or ids;
+    /// empty: none).
+    #[arg(long, value_name = "LIST", conflicts_with = "connect_any")]
+    pub connect: Option<String>,
+    /// Any partition may connect.
+    #[arg(long)]
+    pub connect_any: bool,
+    /// Only listeners in these partitions may serve it (comma-separated; empty: none).
+    #[arg(long, value_name = "LIST", conflicts_with = "bind_any")]
+    pub bind: Option<String>,
+    /// Listeners in any partition may serve it.
+    #[arg(long)]
+    pub bind_any: bool,
+    /// Whether it may be bound with the wildcard (zero) pattern.
+    #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
+    pub wildcard_bind: Option<bool>,
+    /// Drop the service's own policy, so that hvsockd's default policy applies.
+    #[arg(long, conflicts_with_all = ["connect", "connect_any", "bind", "bind_any", "wildcard_bind"])]
+    pub default: bool,
+    /// Print the service as the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PolicyArgs {
+    /// Whether any flag asks for a change.
+    pub fn changes(&self) -> bool {
+        self.connect.is_some()
+            || self.connect_any
+            || self.bind.is_some()
+            || self.bind_any
+            || self.wildcard_bind.is_some()
+            || self.default
+    }
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{s:?} is neither yes nor no")),
+    }
+}
+
+/// A comma-separated list of partitions; empty items are dropped, so `""` is the empty list.
+pub fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Run for ServiceCommand {
+    fn run(self, ctx: &Context, out: &mut dyn Write) -> Result<(), CliError> {
+        #[cfg(windows)]
+        {
+            let _ = ctx;
+            hyperv::run(self, out)
+        }
+        #[cfg(not(windows))]
+        run(ctx, self, out)
+    }
+}
+
+/// Runs one `service` command through hvsockd's admin API.
 pub fn run(ctx: &Context, cmd: ServiceCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         ServiceCommand::Add {
@@ -286,7 +421,7 @@ mod tests {
             .expect("parses")
             .command
         {
-            crate::cli::Command::Service(ServiceCommand::Policy(args)) => args,
+            crate::cmd::Command::Service(ServiceCommand::Policy(args)) => args,
             other => panic!("{other:?}"),
         }
     }
@@ -304,6 +439,13 @@ mod tests {
         assert_eq!(policy_patch(&args(&["--default"])), Value::Null);
         assert!(!args(&[]).changes());
         assert!(args(&["--connect-any"]).changes());
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_empty_is_none() {
+        assert_eq!(split_list("a, b,,c"), ["a", "b", "c"]);
+        assert!(split_list("").is_empty());
+        assert!(split_list(" , ").is_empty());
     }
 
     #[test]
