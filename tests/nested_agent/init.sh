@@ -1,0 +1,11 @@
+#!/bin/sh
+# /init of tests/nested_agent.rs's guest: boots (modules, the vsock device), then hands PID 1 to
+# busybox init, whose inittab starts hvsock-agent and whose SIGUSR2 (what the agent sends PID 1
+# for `hvsock vm shutdown`) runs the shutdown entries and powers the guest off.
+# shellcheck disable=SC1091 # the guest path of scripts/nested-vm/guest/lib.sh
+. /lib/hvsock-vm/lib.sh
+hv_boot
+mkdir -p /root /srv
+echo "made in the guest" >/srv/guest.txt
+chmod 0640 /srv/guest.txt
+exec /bin/busybox init
