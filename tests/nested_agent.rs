@@ -2,8 +2,12 @@
 //! test-vm-guard) runs under busybox init in a QEMU guest (TCG, vhost-device-vsock, as in
 //! `tests/nested_vm.rs`), over `AF_VSOCK`, and the host drives it through hvsockd's hybrid-vsock
 //! attachment with the real commands: `hvsock exec` (streams apart, exit status, stdin hashed),
-//! `hvsock cp` both ways (a file and a tree, hashed, modes kept), and `hvsock vm shutdown`,
-//! after which busybox init powers the guest off and QEMU exits.
+//! a `--tty` session driven through a pseudo-terminal, `hvsock cp` both ways (a file and a
+//! tree, hashed, modes kept), and `hvsock vm shutdown`, after which busybox init powers the
+//! guest off and QEMU exits. The test also plays the host's heartbeat and time services with
+//! the crate's host-side state: the guest boots with its clock in 2001 and the agent sets it
+//! from the host's; killing the agent loses the heartbeat and busybox init's respawn brings
+//! it back.
 //!
 //! It installs what it needs with `scripts/nested-vm/setup.sh` (idempotent) and never opens
 //! `AF_VSOCK` on this machine. Every process it starts is stopped by its pid.
@@ -19,7 +23,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::{pattern, run, sha256_file, text};
-use hvsock_agent::services::{FILES, SESSION, SHUTDOWN};
+use hvsock::{HvListener, SockAddrHv, VmId};
+use hvsock_agent::services::{FILES, HEARTBEAT, SESSION, SHUTDOWN, Service, TIME};
+use hvsock_agent::wire::{self, Decoder};
+use hvsock_agent::{heartbeat, time};
 use sha2::{Digest, Sha256};
 use support::Daemon;
 
@@ -84,6 +91,130 @@ fn build_guest_agent(musl: &str) -> PathBuf {
         &mut cmd,
     );
     target_dir.join(musl).join(&profile).join("hvsock-agent")
+}
+
+/// What the host's heartbeat and time services (played here) saw.
+#[derive(Debug)]
+enum Seen {
+    /// A heartbeat connection's Facts.
+    Facts(heartbeat::Facts),
+    /// A heartbeat connection ended.
+    Lost,
+    /// A time report.
+    Time(time::Report),
+}
+
+/// Serves `service` for vm `vm` the way hvsockd's in-process service would, with the crate's
+/// host-side state, telling `seen` what happens.
+fn play_host(d: &Daemon, vm: VmId, service: Service, seen: std::sync::mpsc::Sender<Seen>) {
+    d.add_service(service.name, service.port);
+    let l = HvListener::bind_with(&d.host(), SockAddrHv::new(vm, service.id()), 4).unwrap();
+    std::thread::spawn(move || {
+        while let Ok((stream, _)) = l.accept() {
+            let mut conn = &stream;
+            let mut dec = Decoder::default();
+            if wire::server_hello(&mut conn, &mut dec, service.key, (1, 1)).is_err() {
+                continue;
+            }
+            let mut tracker = heartbeat::Tracker::default();
+            tracker.on_connect();
+            while let Ok(Some(frame)) = dec.read_frame(&mut conn) {
+                if service.key == "time" {
+                    if frame.kind == time::REPORT {
+                        let _ = seen.send(Seen::Time(frame.parse().unwrap()));
+                    } else {
+                        let now = time::now_ns();
+                        let reply = time::answer(&frame, now, time::now_ns()).unwrap();
+                        if wire::write_frame(&mut conn, &reply).is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    tracker.on_frame(&frame, Instant::now()).unwrap();
+                    if frame.kind == heartbeat::FACTS {
+                        let _ = seen.send(Seen::Facts(tracker.facts().cloned().unwrap()));
+                    }
+                }
+            }
+            if service.key == "heartbeat" {
+                let _ = seen.send(Seen::Lost);
+            }
+        }
+    });
+}
+
+/// `hvsock exec --tty vm1 -- sh` on a pseudo-terminal of 40x100: `stty size` in the guest
+/// says so, and `exit 5` is hvsock's status.
+fn tty_session(d: &Daemon) {
+    use rustix::pty::OpenptFlags;
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let size = rustix::termios::Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&master, size).unwrap();
+    let mut cmd = d.cli();
+    cmd.args(["exec", "vm1", "--tty", "--", "sh"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: only system calls between fork and exec: a new session whose controlling
+    // terminal is the pty (fd 0, just set up by std).
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let shared = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shared
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut keys = std::fs::File::from(master);
+    let wait = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !screen.lock().unwrap().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?}: {}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("# ");
+    keys.write_all(b"stty size\r").unwrap();
+    wait("40 100");
+    keys.write_all(b"exit 5\r").unwrap();
+    let status = support::wait_exit(&mut child, Duration::from_secs(60)).expect("hvsock exits");
+    assert_eq!(status.code(), Some(5));
 }
 
 /// run-vm.sh in the background; SIGTERM (it stops QEMU and the device) and reaped on drop.
@@ -183,7 +314,14 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
         d.add_service(s.name, s.port);
     }
     let uds = w.join("vm1.vsock");
-    d.add_vm("vm1", &uds);
+    let vm1 = d.add_vm("vm1", &uds);
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    play_host(&d, vm1, HEARTBEAT, seen_tx.clone());
+    play_host(&d, vm1, TIME, seen_tx);
+    let next = |what: &str| {
+        seen.recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("the guest's agent sent no {what}"))
+    };
     let run_dir = w.join("r1");
     let vm = Vm {
         child: Some(
@@ -208,6 +346,71 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
     vm.wait_serial("serving hvsock-shutdown", Duration::from_secs(60));
     let booted = started.elapsed();
     let hv = || d.cli();
+
+    // Heartbeat and time: facts come, the wrong clock (2001) is measured and set.
+    let mut facts = None;
+    let mut report = None;
+    while facts.is_none() || report.is_none() {
+        match next("facts or time report") {
+            Seen::Facts(f) => facts = Some(f),
+            Seen::Time(r) => report = report.or(Some(r)),
+            Seen::Lost => panic!("the heartbeat ended early"),
+        }
+    }
+    let (facts, report) = (facts.unwrap(), report.unwrap());
+    assert_eq!(
+        facts.kernel,
+        env.get("KERNEL_VERSION")
+            .cloned()
+            .unwrap_or(facts.kernel.clone())
+    );
+    assert!(
+        report.stepped && report.offset_ns > 20 * 365 * 86_400 * 1_000_000_000,
+        "{report:?}"
+    );
+    let guest_now: i64 = ok(
+        "date in the guest",
+        60,
+        hv().args(["exec", "vm1", "--", "date", "+%s"]),
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let host_now = time::now_ns() / 1_000_000_000;
+    assert!(
+        (guest_now - host_now).abs() <= 5,
+        "guest {guest_now}, host {host_now}"
+    );
+    // The agent killed: the heartbeat is lost; busybox init respawns it: facts again.
+    let _ = run(
+        hv().args(["exec", "vm1", "--", "killall", "-KILL", "hvsock-agent"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    let mut lost = false;
+    loop {
+        match next("heartbeat after the agent was killed") {
+            Seen::Lost => lost = true,
+            Seen::Facts(_) if lost => break,
+            _ => {}
+        }
+    }
+    vm.wait_serial("serving hvsock-session", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run(
+        hv().args(["exec", "vm1", "--", "true"]),
+        b"",
+        Duration::from_secs(30),
+    )
+    .status
+    .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the respawned agent never served"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // exec: streams apart, the exit status, stdin through `cat` hashed.
     let out = run(
@@ -247,6 +450,9 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
     if let Some(want) = env.get("KERNEL_VERSION") {
         assert_eq!(kernel.trim(), want, "the guest's kernel");
     }
+
+    // A terminal session driven through a pseudo-terminal: the size follows, the status too.
+    tty_session(&d);
 
     // cp: a file in and back out, a guest file out, a tree in; hashes and modes.
     let src = w.join("in.bin");

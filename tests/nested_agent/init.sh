@@ -5,6 +5,8 @@
 # shellcheck disable=SC1091 # the guest path of scripts/nested-vm/guest/lib.sh
 . /lib/hvsock-vm/lib.sh
 hv_boot
+# A wrong clock, for the time sync to correct.
+date -s '2001-01-01 00:00:00' >/dev/null
 mkdir -p /root /srv
 echo "made in the guest" >/srv/guest.txt
 chmod 0640 /srv/guest.txt
