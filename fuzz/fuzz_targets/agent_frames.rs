@@ -1,10 +1,12 @@
 //! The agent's framing and every control message a peer can send, on arbitrary bytes split at
 //! arbitrary points: the decoder never panics, a frame it yields re-encodes to the same bytes,
 //! and each parser (Hello and its negotiation, the session's host messages and Start, the file
-//! copy's requests and tree entries, the shutdown request) either accepts or refuses.
+//! copy's requests and tree entries, the shutdown request; the heartbeat, time and key-value
+//! messages through the host's own state) either accepts or refuses.
 #![no_main]
 
 use hvsock_agent::files::{self, Get, Put};
+use hvsock_agent::{kvp, time};
 use hvsock_agent::session::{self, Start};
 use hvsock_agent::wire::{Decoder, Frame, Hello, negotiate};
 use libfuzzer_sys::fuzz_target;
@@ -47,4 +49,22 @@ fn check(frame: Frame) {
         let _ = files::check_absolute(&get.path);
     }
     let _ = frame.parse::<hvsock_agent::shutdown::Request>();
+    // The host-served services: what hvsockd reads from an agent, and what an agent reads.
+    let mut tracker = hvsock_agent::heartbeat::Tracker::default();
+    tracker.on_connect();
+    let _ = tracker.on_frame(&frame, std::time::Instant::now());
+    let _ = tracker.state(std::time::Instant::now());
+    let _ = time::answer(&frame, 1, 2);
+    if let Ok(reply) = frame.parse::<time::Reply>() {
+        let req = time::Request {
+            seq: reply.seq,
+            t1: reply.t1,
+        };
+        let _ = time::measure(&req, &reply, reply.t3);
+    }
+    let mut mirror = kvp::Mirror::default();
+    mirror.on_connect();
+    if let Ok(msg) = kvp::parse(&frame) {
+        let _ = mirror.apply(msg);
+    }
 }

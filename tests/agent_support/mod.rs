@@ -126,6 +126,17 @@ impl Sandbox {
         Sandbox::start_with(args, &[])
     }
 
+    /// The daemon, its services and the sandbox, the agent not started yet (for listeners
+    /// that must exist first).
+    pub fn prepare() -> Prepared {
+        let d = Daemon::start();
+        for s in [services::SESSION, services::FILES, services::SHUTDOWN] {
+            d.add_service(s.name, s.port);
+        }
+        let vm = d.add_partition("sb", None);
+        Prepared { d, vm }
+    }
+
     /// Like [`Sandbox::start`], the agent run by the command `wrap`.
     pub fn start_with(args: &[&str], wrap: &[&str]) -> Sandbox {
         let d = Daemon::start();
@@ -140,6 +151,24 @@ impl Sandbox {
     /// A `hvsock` command aimed at this daemon.
     pub fn hv(&self) -> Command {
         self.d.cli()
+    }
+}
+
+/// A sandbox whose agent has not started.
+pub struct Prepared {
+    pub d: Daemon,
+    pub vm: VmId,
+}
+
+impl Prepared {
+    /// Starts the agent with `args`.
+    pub fn with_agent(self, args: &[&str]) -> Sandbox {
+        let agent = Agent::start(&self.d, self.vm, args, &[], None);
+        Sandbox {
+            agent,
+            vm: self.vm,
+            d: self.d,
+        }
     }
 }
 

@@ -7,10 +7,11 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use hvsock::{HvListener, HvStream, SockAddrHv, Transport, VmId};
 
+use crate::backoff::Backoff;
+use crate::link::{self, TimeMode};
 use crate::services::{self, Direction, Service};
 use crate::shutdown::Action;
 use crate::wire::{self, ErrorKind, RemoteError};
@@ -20,43 +21,16 @@ use crate::wire::{self, ErrorKind, RemoteError};
 pub struct Config {
     /// How to reach the host.
     pub transport: Transport,
-    /// The guest-served services to serve.
+    /// The services to serve (guest-served) or keep a connection to (host-served).
     pub services: Vec<Service>,
     /// How to shut the system down.
     pub shutdown: Action,
+    /// Whether time sync sets the clock.
+    pub time: TimeMode,
+    /// Where the key-value pools live.
+    pub kvp_dir: std::path::PathBuf,
     /// Most connections served at once, over all services.
     pub max_sessions: usize,
-}
-
-/// Back-off between attempts to bind: 100 ms, doubling up to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            next: Backoff::FIRST,
-        }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// The next wait.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        wait
-    }
-
-    /// Back to the first wait, after a success.
-    pub fn reset(&mut self) {
-        self.next = Backoff::FIRST;
-    }
 }
 
 /// The default shutdown action for a transport: the init system inside a VM; none in a
@@ -65,6 +39,15 @@ pub fn default_shutdown(transport: &Transport) -> Action {
     match transport {
         Transport::Vsock => Action::Init,
         _ => Action::Refuse,
+    }
+}
+
+/// The default time mode: set the clock inside a VM; only measure in a sandbox, whose clock
+/// is the host kernel's own.
+pub fn default_time_mode(transport: &Transport) -> TimeMode {
+    match transport {
+        Transport::Vsock => TimeMode::Set,
+        _ => TimeMode::Report,
     }
 }
 
@@ -94,6 +77,19 @@ pub fn run(config: Config) -> io::Result<()> {
             thread::Builder::new()
                 .name(service.key.into())
                 .spawn(move || serve_forever(&config, service, &active))?,
+        );
+    }
+    for service in config
+        .services
+        .iter()
+        .copied()
+        .filter(|s| s.direction == Direction::HostServed)
+    {
+        let config = config.clone();
+        threads.push(
+            thread::Builder::new()
+                .name(service.key.into())
+                .spawn(move || keep_one(&config, service))?,
         );
     }
     if threads.is_empty() {
@@ -148,6 +144,19 @@ fn serve_forever(config: &Config, service: Service, active: &Arc<AtomicUsize>) {
                 }
             }
         }
+    }
+}
+
+/// Keeps the connection of one host-served service.
+fn keep_one(config: &Config, service: Service) {
+    let transport = &config.transport;
+    match service.key {
+        "heartbeat" => link::keep_linked(transport, service, link::heartbeat),
+        "time" => link::keep_linked(transport, service, |s| link::time_sync(s, config.time)),
+        "kvp" => link::keep_linked(transport, service, |s| {
+            link::kvp_exchange(s, &config.kvp_dir)
+        }),
+        other => tracing::error!("no client for service {other}"),
     }
 }
 
@@ -209,9 +218,9 @@ fn serve_one(service: Service, stream: &HvStream, peer: &SockAddrHv, shutdown: &
     }
 }
 
-/// The guest-served services, less those named in `disabled` (keys); an unknown key is an
-/// error that lists the known ones.
-pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
+/// Every service, less those named in `disabled` (keys); an unknown key is an error that
+/// lists the known ones.
+pub fn services(disabled: &[String]) -> Result<Vec<Service>, String> {
     for key in disabled {
         if services::by_key(key).is_none() {
             let known: Vec<&str> = services::ALL.iter().map(|s| s.key).collect();
@@ -223,7 +232,6 @@ pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
     }
     Ok(services::ALL
         .into_iter()
-        .filter(|s| s.direction == Direction::GuestServed)
         .filter(|s| !disabled.iter().any(|d| d == s.key))
         .collect())
 }
@@ -231,17 +239,6 @@ pub fn guest_services(disabled: &[String]) -> Result<Vec<Service>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap_and_resets() {
-        let mut b = Backoff::default();
-        let waits: Vec<_> = (0..8).map(|_| b.next_wait()).collect();
-        assert_eq!(waits[0], Duration::from_millis(100));
-        assert_eq!(waits[1], Duration::from_millis(200));
-        assert_eq!(waits[7], Duration::from_secs(5));
-        b.reset();
-        assert_eq!(b.next_wait(), Duration::from_millis(100));
-    }
 
     #[test]
     fn over_vsock_only_the_host_is_trusted() {
@@ -261,11 +258,11 @@ mod tests {
 
     #[test]
     fn disabled_services_are_left_out_and_unknown_ones_named() {
-        let s = guest_services(&["files".into()]).expect("known");
+        let s = services(&["files".into(), "time".into()]).expect("known");
         assert_eq!(
             s.iter().map(|s| s.key).collect::<Vec<_>>(),
-            ["session", "shutdown"]
+            ["session", "shutdown", "heartbeat", "kvp"]
         );
-        assert!(guest_services(&["nope".into()]).is_err());
+        assert!(services(&["nope".into()]).is_err());
     }
 }

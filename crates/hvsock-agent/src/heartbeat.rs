@@ -226,15 +226,31 @@ mod tests {
         let now = Instant::now();
         let mut t = Tracker::default();
         t.on_connect();
-        assert!(t.on_frame(&Frame::json(BEAT, &Beat { seq: 1 }), now).is_err());
+        assert!(
+            t.on_frame(&Frame::json(BEAT, &Beat { seq: 1 }), now)
+                .is_err()
+        );
         t.on_frame(&facts(), now).expect("facts");
-        t.on_frame(&Frame::json(BEAT, &Beat { seq: 5 }), now).expect("beat");
-        assert!(t.on_frame(&Frame::json(BEAT, &Beat { seq: 5 }), now).is_err());
+        t.on_frame(&Frame::json(BEAT, &Beat { seq: 5 }), now)
+            .expect("beat");
+        assert!(
+            t.on_frame(&Frame::json(BEAT, &Beat { seq: 5 }), now)
+                .is_err()
+        );
         let big = Facts {
             hostname: "h".repeat(MAX_FACT + 1),
             ..Facts::default()
         };
         assert!(t.on_frame(&Frame::json(FACTS, &big), now).is_err());
-        assert!(t.on_frame(&Frame { kind: 0x99, body: vec![] }, now).is_err());
+        assert!(
+            t.on_frame(
+                &Frame {
+                    kind: 0x99,
+                    body: vec![]
+                },
+                now
+            )
+            .is_err()
+        );
     }
 }

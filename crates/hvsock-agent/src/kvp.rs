@@ -230,12 +230,29 @@ mod tests {
         for ok in ["a", "hostname", "net.eth0:ipv4", "A-b_c"] {
             assert!(check_key(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "a/b", "..", "a b", "é", &"k".repeat(MAX_KEY + 1)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"k".repeat(MAX_KEY + 1),
+        ] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
         assert!(check_value(&"v".repeat(MAX_VALUE)).is_ok());
         assert!(check_value(&"v".repeat(MAX_VALUE + 1)).is_err());
-        assert!(parse(&Frame::json(SET, &Pair { key: "../x".into(), value: String::new() })).is_err());
+        assert!(
+            parse(&Frame::json(
+                SET,
+                &Pair {
+                    key: "../x".into(),
+                    value: String::new()
+                }
+            ))
+            .is_err()
+        );
     }
 
     #[test]

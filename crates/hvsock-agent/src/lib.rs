@@ -32,7 +32,12 @@
 //! - [`files`]: the file copy protocol, trees sent ([`files::send`]) and received
 //!   ([`files::recv`]), agent and host sides;
 //! - [`shutdown`]: the shutdown protocol and how the agent reaches the guest's init;
-//! - [`agent`]: the daemon (binding with back-off, one thread per connection);
+//! - [`heartbeat`], [`time`], [`kvp`]: the host-served protocols, with the host's side as
+//!   plain state (a heartbeat [`heartbeat::Tracker`], time's [`time::answer`], a key-value
+//!   [`kvp::Mirror`]) for hvsockd to drive;
+//! - [`link`]: the agent's side of those, one persistent connection each, made again with
+//!   back-off; [`kvp_files`]: `hvsock-agent kvp`, the pools as files in the guest;
+//! - [`agent`]: the daemon (binding with [`backoff`], one thread per connection);
 //! - [`term`]: pseudo-terminals in the guest, raw mode on the host;
 //! - [`user`]: guest accounts for `--user`.
 
@@ -40,12 +45,20 @@ pub mod services;
 pub mod wire;
 
 pub mod files;
+pub mod heartbeat;
+pub mod kvp;
 pub mod session;
 #[cfg(target_os = "linux")]
 pub mod shutdown;
+pub mod time;
 
 #[cfg(target_os = "linux")]
 pub mod agent;
+pub mod backoff;
+#[cfg(target_os = "linux")]
+pub mod kvp_files;
+#[cfg(target_os = "linux")]
+pub mod link;
 #[cfg(target_os = "linux")]
 pub mod term;
 #[cfg(target_os = "linux")]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hvsock::{HvStream, SockAddrHv, Transport, VmId};
 
-use crate::agent::Backoff;
+use crate::backoff::Backoff;
 use crate::kvp::{self, Mirror, Msg};
 use crate::services::Service;
 use crate::wire::{self, Decoder, Frame, WireError};
@@ -63,7 +63,12 @@ pub fn keep_linked(
 pub fn heartbeat(stream: &HvStream) -> Result<(), WireError> {
     let mut conn = stream;
     let mut decoder = Decoder::default();
-    wire::client_hello(&mut conn, &mut decoder, heartbeat::SERVICE, heartbeat::VERSIONS)?;
+    wire::client_hello(
+        &mut conn,
+        &mut decoder,
+        heartbeat::SERVICE,
+        heartbeat::VERSIONS,
+    )?;
     let mut facts = heartbeat::gather();
     wire::write_frame(&mut conn, &Frame::json(heartbeat::FACTS, &facts))?;
     for seq in 1.. {
@@ -73,7 +78,10 @@ pub fn heartbeat(stream: &HvStream) -> Result<(), WireError> {
             facts = now;
             wire::write_frame(&mut conn, &Frame::json(heartbeat::FACTS, &facts))?;
         }
-        wire::write_frame(&mut conn, &Frame::json(heartbeat::BEAT, &heartbeat::Beat { seq }))?;
+        wire::write_frame(
+            &mut conn,
+            &Frame::json(heartbeat::BEAT, &heartbeat::Beat { seq }),
+        )?;
     }
     Ok(())
 }
@@ -147,14 +155,18 @@ pub fn guest_pool(dir: &Path) -> BTreeMap<String, String> {
     .collect();
     if let Ok(entries) = std::fs::read_dir(dir.join("guest")) {
         for entry in entries.flatten() {
-            let Ok(key) = entry.file_name().into_string() else { continue };
+            let Ok(key) = entry.file_name().into_string() else {
+                continue;
+            };
             if kvp::check_key(&key).is_err() || !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             if pool.len() >= kvp::MAX_PAIRS {
                 break;
             }
-            let Ok(value) = std::fs::read_to_string(entry.path()) else { continue };
+            let Ok(value) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
             let value = value.strip_suffix('\n').unwrap_or(&value).to_owned();
             if kvp::check_value(&value).is_ok() {
                 pool.insert(key, value);
@@ -223,7 +235,10 @@ pub fn kvp_exchange(stream: &HvStream, dir: &Path) -> Result<(), WireError> {
             }
             Ok(None) => return Ok(()),
             Err(WireError::Io(e))
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e),
         }
         let now = guest_pool(dir);

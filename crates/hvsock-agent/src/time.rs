@@ -136,7 +136,9 @@ pub fn should_step(offset_ns: i64) -> bool {
 #[cfg(target_os = "linux")]
 pub fn now_ns() -> i64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
 }
 
 /// Moves the realtime clock by `offset_ns`.
@@ -147,7 +149,10 @@ pub fn step(offset_ns: i64) -> std::io::Result<()> {
         tv_sec: target.div_euclid(1_000_000_000),
         tv_nsec: target.rem_euclid(1_000_000_000),
     };
-    Ok(rustix::time::clock_settime(rustix::time::ClockId::Realtime, ts)?)
+    Ok(rustix::time::clock_settime(
+        rustix::time::ClockId::Realtime,
+        ts,
+    )?)
 }
 
 #[cfg(test)]
@@ -158,7 +163,10 @@ mod tests {
     fn the_offset_is_ntps_and_bad_replies_are_refused() {
         // Guest 10 s behind, 2 ms each way, 1 ms at the host.
         let s = 1_000_000_000i64;
-        let req = Request { seq: 1, t1: 100 * s };
+        let req = Request {
+            seq: 1,
+            t1: 100 * s,
+        };
         let reply = Reply {
             seq: 1,
             t1: req.t1,
@@ -171,9 +179,15 @@ mod tests {
         assert!(should_step(offset));
         assert!(!should_step(10_000_000));
         assert!(measure(&req, &Reply { seq: 2, ..reply }, 100 * s).is_err());
-        let backwards = Reply { t3: reply.t2 - 1, ..reply };
+        let backwards = Reply {
+            t3: reply.t2 - 1,
+            ..reply
+        };
         assert!(measure(&req, &backwards, 100 * s + 5_000_000).is_err());
-        assert!(measure(&req, &reply, 100 * s + 3 * s).is_err(), "a 3 s round trip");
+        assert!(
+            measure(&req, &reply, 100 * s + 3 * s).is_err(),
+            "a 3 s round trip"
+        );
     }
 
     #[test]
