@@ -525,3 +525,37 @@ fn hvsockd_keeps_no_data_path_descriptor() {
     );
     drop((first, held));
 }
+
+/// `HvListener::replace_fd` (what libhvsock uses to give a C program's descriptor its listener):
+/// the listener goes on working on the new descriptor and the old one is closed; a descriptor
+/// of another socket is refused and changes nothing.
+#[test]
+fn a_listener_moves_onto_another_descriptor_of_its_socket() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let d = Daemon::start();
+    let t = d.host();
+    let svc = ServiceId::from_vsock_port(7001);
+    let mut l = bind(&t, VmId::LOOPBACK, svc);
+    use std::os::unix::fs::MetadataExt;
+    let ident = |fd: i32| {
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let old = l.as_raw_fd();
+    let socket = ident(old);
+    let dup = rustix::io::fcntl_dupfd_cloexec(l.as_fd(), 200).unwrap();
+    let dup_fd = dup.as_raw_fd();
+    l.replace_fd(dup).unwrap();
+    assert_eq!(l.as_raw_fd(), dup_fd);
+    assert_eq!(ident(dup_fd), socket);
+    // Closed: gone, or (tests run in parallel) already another file.
+    assert_ne!(ident(old), socket, "the old descriptor is closed");
+    assert_connects(&t, VmId::LOOPBACK, svc, &l);
+
+    let (other, _keep) = std::os::unix::net::UnixStream::pair().unwrap();
+    let err = l.replace_fd(other.into()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(l.as_raw_fd(), dup_fd);
+    assert_connects(&t, VmId::LOOPBACK, svc, &l);
+}

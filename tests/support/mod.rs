@@ -9,6 +9,7 @@
 //!   when dropped); [`Proc`], a process whose stdin the test writes and whose output is
 //!   collected; [`run`] and [`Out`], a command run to its end within a bound; [`wait_for`];
 //! - `data`: [`pattern`] (bulk test data), [`text`] and [`PORT_2761`];
+//! - `c`: libhvsock as its users get it (`cargo cinstall`, programs built with pkg-config);
 //! - here: [`tempdir`], [`require`] (a tool the tests need) and [`require_root`].
 //!
 //! Nothing is skipped quietly: a test that needs root or a tool fails, saying what to do.
@@ -16,6 +17,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 mod build;
+pub mod c;
 mod daemon;
 mod data;
 mod process;

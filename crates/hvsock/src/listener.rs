@@ -72,6 +72,17 @@ impl HvListener {
             inner: self.inner.try_clone()?,
         })
     }
+
+    /// Moves the listener onto `fd`, another descriptor of the same socket (a `dup` of
+    /// [`as_raw_fd`](std::os::fd::AsRawFd::as_raw_fd), e.g. put by `dup2` at a number a program
+    /// already holds); the descriptor it had is closed. libhvsock uses it to give a C program's
+    /// `socket(AF_HYPERV, ...)` descriptor its listener in place.
+    ///
+    /// Fails with `InvalidInput`, leaving the listener as it was, if `fd` is not the same socket.
+    #[cfg(unix)]
+    pub fn replace_fd(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        self.inner.replace_fd(fd)
+    }
 }
 
 /// Most connections that may wait unaccepted (hvsockd's limit too).

@@ -224,6 +224,29 @@ impl Listener {
 }
 
 #[cfg(unix)]
+impl Listener {
+    /// Moves the listener onto `fd`, which must be another descriptor of the same socket (same
+    /// device and inode); its old descriptor is closed. Otherwise `InvalidInput`, unchanged.
+    pub(crate) fn replace_fd(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let now = rustix::fs::fstat(self.as_fd())?;
+        let new = rustix::fs::fstat(&fd)?;
+        if (now.st_dev, now.st_ino) != (new.st_dev, new.st_ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "replace_fd: the new descriptor is not the listener's socket (dup it first)",
+            ));
+        }
+        match self {
+            Listener::Provider(l) => l.set_fd(fd),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.set_fd(fd),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
 impl std::os::fd::AsFd for Listener {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {

@@ -388,6 +388,11 @@ impl Listener {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
+
+    /// Puts the listener on `fd`, another descriptor of the same socket (checked by the caller).
+    pub(crate) fn set_fd(&mut self, fd: std::os::fd::OwnedFd) {
+        self.sock = Sock2::from(fd);
+    }
 }
 
 #[cfg(test)]

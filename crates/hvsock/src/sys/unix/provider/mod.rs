@@ -244,4 +244,9 @@ impl Listener {
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.sock.as_fd()
     }
+
+    /// Puts the session on `fd`, another descriptor of the same socket (checked by the caller).
+    pub(crate) fn set_fd(&mut self, fd: OwnedFd) {
+        self.sock = fd;
+    }
 }

@@ -76,7 +76,11 @@ impl Mux {
             state: Mutex::new(MuxState::default()),
             turn: Condvar::new(),
         });
-        all.insert(endpoint.to_owned(), mux.clone());
+        if let Some(old) = all.insert(endpoint.to_owned(), mux.clone()) {
+            if old.pid != pid {
+                forget_inherited(old);
+            }
+        }
         Ok(mux)
     }
 
@@ -172,6 +176,15 @@ impl Mux {
             Err(e) if e.is_would_block() => Ok(None),
             Err(e) => Err(session_lost(e)),
         }
+    }
+}
+
+/// Drops a control connection made by the parent of a fork without closing its descriptor: the
+/// child may have closed that number and opened something else under it (a daemon that closes
+/// every descriptor after forking), which a close here would take away from it.
+fn forget_inherited(mux: Arc<Mux>) {
+    if let Ok(Mux { sock, .. }) = Arc::try_unwrap(mux) {
+        std::mem::forget(sock);
     }
 }
 
