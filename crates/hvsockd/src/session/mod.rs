@@ -21,7 +21,11 @@
 //! The session runs over any [`io::FrameIo`]; the partition is the endpoint's, never anything
 //! the client says.
 
+pub mod book;
 pub mod io;
+mod resume;
+
+pub use resume::resume;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -34,9 +38,11 @@ use hvsock_proto::unix::{Received, RecvError};
 use hvsock_proto::{ErrorCode, Frame, WireAddr};
 use tokio_util::sync::CancellationToken;
 
+use self::book::Book;
 use self::io::{FrameIo, SeqPacket, SessionSink};
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
+use crate::handover::{self, WaitingConnect};
 use crate::listeners::{Conn, Listener};
 
 /// The session's state.
@@ -114,20 +120,9 @@ pub async fn serve<T: FrameIo>(
     sock: Arc<T>,
     cancel: CancellationToken,
 ) {
-    let session = Session {
-        client: Client {
-            partition,
-            pid: sock.peer_pid(),
-        },
-        broker,
-        limits,
-        sock,
-        outstanding: Arc::new(AtomicUsize::new(0)),
-    };
-    let state = session.serve(cancel).await;
-    if let State::Listener(listener) = &state {
-        session.close_listener(listener);
-    }
+    let book = Arc::new(Book::new(&broker, partition, sock.clone()));
+    let session = Session::new(broker, limits, partition, sock, book);
+    session.run(cancel, State::Fresh).await;
 }
 
 struct Session<T> {
@@ -137,16 +132,46 @@ struct Session<T> {
     sock: Arc<T>,
     /// Connects waiting for their answer off the read loop.
     outstanding: Arc<AtomicUsize>,
+    /// Its state as the hand-over sees it.
+    book: Arc<Book>,
 }
 
 impl<T: FrameIo> Session<T> {
+    fn new(
+        broker: Arc<Broker>,
+        limits: Limits,
+        partition: VmId,
+        sock: Arc<T>,
+        book: Arc<Book>,
+    ) -> Session<T> {
+        Session {
+            client: Client {
+                partition,
+                pid: sock.peer_pid(),
+            },
+            broker,
+            limits,
+            sock,
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            book,
+        }
+    }
+
+    /// Serves from `state` until the session ends, then unbinds its listener if it has one.
+    async fn run(&self, cancel: CancellationToken, state: State) {
+        let state = self.serve(cancel, state).await;
+        if let State::Listener(listener) = &state {
+            self.close_listener(listener);
+        }
+    }
+
     fn label(&self) -> String {
         self.broker.world().label(self.client.partition)
     }
 
     /// Runs the state machine until the session ends; returns the last state.
-    async fn serve(&self, cancel: CancellationToken) -> State {
-        let mut state = State::Fresh;
+    async fn serve(&self, cancel: CancellationToken, state: State) -> State {
+        let mut state = state;
         let handshake = tokio::time::sleep(self.limits.handshake_timeout);
         tokio::pin!(handshake);
         loop {
@@ -186,12 +211,18 @@ impl<T: FrameIo> Session<T> {
                         timeout_ms,
                     },
                 ) => {
+                    if matches!(state, State::Fresh) {
+                        self.book.connector();
+                    }
                     self.connect(req, target, timeout_ms).await;
                     State::Connector
                 }
                 (Transition::Bind, Frame::Bind { req, addr, backlog }) => {
                     match self.bind(req, addr, backlog) {
-                        Some(listener) => State::Listener(listener),
+                        Some(listener) => {
+                            self.book.listener(addr, backlog, listener.clone());
+                            State::Listener(listener)
+                        }
                         None => State::Fresh,
                     }
                 }
@@ -315,10 +346,16 @@ impl<T: FrameIo> Session<T> {
             Connecting::Now(settled) => answer(&self.broker, &*self.sock, req, settled).await,
             Connecting::Later(pending) => {
                 self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.book.waiting(WaitingConnect {
+                    req,
+                    target: target.into(),
+                    deadline_ms: handover::monotonic_ms() + u64::from(timeout_ms),
+                });
                 let (broker, sock) = (self.broker.clone(), self.sock.clone());
-                let outstanding = self.outstanding.clone();
+                let (outstanding, book) = (self.outstanding.clone(), self.book.clone());
                 tokio::spawn(async move {
                     answer(&broker, &*sock, req, pending.await).await;
+                    book.answered(req);
                     outstanding.fetch_sub(1, Ordering::AcqRel);
                 });
             }
