@@ -20,6 +20,7 @@
 //!  kind 0 fresh      (nothing more)
 //!  kind 1 connector  count (1), then per waiting connect: req (4) target (32) deadline (8)
 //!  kind 2 listener   addr (32) backlog (4) outstanding (4)
+//!  kind 3 gateway    (nothing more: a VM's device process, see crate::broker::gateway)
 //!  checksum (4)
 //! ```
 //!
@@ -84,6 +85,8 @@ pub enum SessionState {
         /// `Incoming` frames sent and not yet acknowledged.
         outstanding: u32,
     },
+    /// A VM's device process (`hvsock-vhost`), its VM's gateway.
+    Gateway,
 }
 
 /// A connect whose answer was not sent yet.
@@ -231,7 +234,7 @@ impl Kept {
             Kept::Session(_, record) => match &record.state {
                 SessionState::Fresh => false,
                 SessionState::Connector(waiting) => !waiting.is_empty(),
-                SessionState::Listener { .. } => true,
+                SessionState::Listener { .. } | SessionState::Gateway => true,
             },
             _ => true,
         }
@@ -306,6 +309,7 @@ impl SessionRecord {
                 b.extend_from_slice(&backlog.to_le_bytes());
                 b.extend_from_slice(&outstanding.to_le_bytes());
             }
+            SessionState::Gateway => b.push(3),
         }
         let sum = fnv1a(&b);
         b.extend_from_slice(&sum.to_le_bytes());
@@ -343,6 +347,7 @@ impl SessionRecord {
                 backlog: r.u32()?,
                 outstanding: r.u32()?,
             },
+            3 => SessionState::Gateway,
             _ => return Err("the session record has an unknown state"),
         };
         if !r.0.is_empty() {
@@ -395,6 +400,13 @@ mod tests {
                 SessionRecord {
                     partition: vm(6),
                     state: SessionState::Connector(vec![waiting(1), waiting(2)]),
+                },
+            ),
+            Kept::Session(
+                17,
+                SessionRecord {
+                    partition: vm(7),
+                    state: SessionState::Gateway,
                 },
             ),
             Kept::Session(
@@ -514,7 +526,7 @@ mod tests {
     #[test]
     fn only_sessions_with_something_to_resume_are_durable() {
         let durable: Vec<bool> = samples().iter().map(Kept::durable).collect();
-        assert_eq!(durable, [true, true, true, true, false, true, true]);
+        assert_eq!(durable, [true, true, true, true, false, true, true, true]);
         let idle = Kept::Session(
             1,
             SessionRecord {

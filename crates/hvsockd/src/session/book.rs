@@ -84,6 +84,11 @@ impl Book {
         });
     }
 
+    /// It is its VM's gateway.
+    pub fn gateway(&self) {
+        self.change(|s| *s = (SessionState::Gateway, None));
+    }
+
     /// It is bound.
     pub fn listener(&self, addr: WireAddr, backlog: u32, listener: Arc<Listener>) {
         self.change(|s| {

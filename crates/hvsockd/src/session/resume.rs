@@ -1,7 +1,8 @@
 //! A session that an hvsockd before this one served, taken back with its state (see
 //! [`crate::handover`]): a listener is bound again without a `Bound` frame, so its client sees
 //! nothing; each connect that was waiting is asked again with what is left of its timeout, so
-//! its connector gets its answer; a fresh session reads the request that waits in its socket.
+//! its connector gets its answer; a VM's device is its VM's gateway again; a fresh session
+//! reads the request that waits in its socket.
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -46,6 +47,7 @@ pub fn resume(
     let session = Session::new(broker, limits, partition, sock, book);
     let (state, waiting) = match record.state {
         SessionState::Fresh => (State::Fresh, Vec::new()),
+        SessionState::Gateway => (State::Gateway(session.gateway(None)?), Vec::new()),
         SessionState::Connector(waiting) => (State::Connector, waiting),
         SessionState::Listener {
             addr,
