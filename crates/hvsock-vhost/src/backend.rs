@@ -85,13 +85,13 @@ impl Device {
         device: &Arc<Mutex<Device>>,
         handler: &VringEpollHandler<Arc<Mutex<Device>>>,
     ) -> io::Result<()> {
-        let d = device.lock().unwrap_or_else(|p| p.into_inner());
-        handler.register_listener(
-            d.muxer.epoll_fd().as_raw_fd(),
-            EventSet::IN,
-            u64::from(SOCKETS),
-        )?;
-        handler.register_listener(d.link.wake_fd().as_raw_fd(), EventSet::IN, u64::from(LINK))?;
+        // Not under the device's lock: the handler asks the device (num_queues) as it registers.
+        let (sockets, link) = {
+            let d = device.lock().unwrap_or_else(|p| p.into_inner());
+            (d.muxer.epoll_fd().as_raw_fd(), d.link.wake_fd().as_raw_fd())
+        };
+        handler.register_listener(sockets, EventSet::IN, u64::from(SOCKETS))?;
+        handler.register_listener(link, EventSet::IN, u64::from(LINK))?;
         Ok(())
     }
 
