@@ -102,3 +102,6 @@ where
     }
     Ok(Some((HEADER_LEN + n) as u32))
 }
+
+#[cfg(test)]
+mod tests;

@@ -293,7 +293,10 @@ async fn a_partition_added_without_hybrid_vsock_is_a_guest_while_its_device_live
     assert_eq!(s.result.unwrap_err().reason, "nothing_listens");
     let d = session(&f, f.sandbox).await;
     d.sock.send(&Frame::Gateway { req: 1 }, None).await.unwrap();
-    assert!(matches!(recv(&d).await, Some((Frame::Bound { req: 1, .. }, None))));
+    assert!(matches!(
+        recv(&d).await,
+        Some((Frame::Bound { req: 1, .. }, None))
+    ));
     assert!(f.broker.has_device(f.sandbox));
     let pending = tokio::spawn(later(connect(&f)));
     let Some((Frame::GuestConnect { req, port: 2761 }, Some(_))) = recv(&d).await else {
