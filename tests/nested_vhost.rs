@@ -127,8 +127,13 @@ fn hvsock_vhost_half_close_refusals_and_hvsockd_restart_in_a_real_guest() {
         w.join("r1"),
         &w.join("unused.vsock"),
         3,
-        Some(d.dir()),
-        &["--memory", "640", "--timeout", "560"],
+        &[
+            harness::vhost_args("vh1", d.dir()),
+            ["--memory", "640", "--timeout", "560"]
+                .map(String::from)
+                .to_vec(),
+        ]
+        .concat(),
     );
 
     // 1. Refused at once.

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     Backend, ONE_AT_A_TIME, Vm, accept_by, alive, build_guest_cli, load_env, processes_mentioning,
-    repo, run, sha256, transfer_report,
+    repo, run, sha256, transfer_report, vhost_args,
 };
 use hvsock::{HvListener, ServiceId, SockAddrHv, VmId};
 use support::{Daemon, Guard, pattern};
@@ -176,27 +176,12 @@ fn scenario(backend: Backend) {
     // 4. Both guests at once.
     let vm_started = Instant::now();
     let deadline = vm_started + VM_PHASE;
-    let device = (backend == Backend::Vhost).then(|| d.dir().to_path_buf());
-    let mut g1 = Vm::boot(
-        "vm1",
-        &env,
-        &initrd,
-        w.join("r1"),
-        &uds1,
-        3,
-        device.as_deref(),
-        &[],
-    );
-    let mut g2 = Vm::boot(
-        "vm2",
-        &env,
-        &initrd,
-        w.join("r2"),
-        &uds2,
-        4,
-        device.as_deref(),
-        &[],
-    );
+    let device = |name: &str| match backend {
+        Backend::Vhost => vhost_args(name, d.dir()),
+        Backend::Hybrid => Vec::new(),
+    };
+    let mut g1 = Vm::boot("vm1", &env, &initrd, w.join("r1"), &uds1, 3, &device("vm1"));
+    let mut g2 = Vm::boot("vm2", &env, &initrd, w.join("r2"), &uds2, 4, &device("vm2"));
 
     // Host side of the echo: two connections, each answered with whom hvsockd says it is.
     let echo = thread::spawn(move || {

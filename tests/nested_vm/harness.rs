@@ -96,6 +96,22 @@ pub fn sha256(data: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// run-vm.sh's arguments for a guest `name` served by hvsock-vhost, routed by the hvsockd of
+/// `hvsockd_dir`.
+pub fn vhost_args(name: &str, hvsockd_dir: &Path) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    vec![
+        "--device".into(),
+        "hvsock-vhost".into(),
+        "--vm".into(),
+        name.into(),
+        "--hvsock-vhost".into(),
+        path(support::vhost_bin()),
+        "--hvsock-dir".into(),
+        path(hvsockd_dir),
+    ]
+}
+
 /// The vhost-user-vsock device the guests get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -126,18 +142,10 @@ impl Vm {
         run: PathBuf,
         uds: &Path,
         cid: u32,
-        device: Option<&Path>,
-        extra: &[&str],
+        extra: &[String],
     ) -> Vm {
         let script = repo().join("scripts/nested-vm/run-vm.sh");
         let mut cmd = Command::new(script);
-        if let Some(hvsockd_dir) = device {
-            cmd.args(["--device", "hvsock-vhost", "--vm", name])
-                .arg("--hvsock-vhost")
-                .arg(support::vhost_bin())
-                .arg("--hvsock-dir")
-                .arg(hvsockd_dir);
-        }
         let child = cmd
             .arg("--initrd")
             .arg(initrd)
