@@ -12,7 +12,7 @@
 #
 # What goes where (PREFIX=/usr/local):
 #   bin/hvsockd, bin/hvsock
-#   lib/systemd/system/hvsockd.service, hvsockd.socket
+#   lib/systemd/system/hvsockd.service, hvsockd.socket, hvsockd-admin.socket
 #   lib/tmpfiles.d/hvsock.conf, lib/sysusers.d/hvsock.conf
 #   share/bash-completion/completions/{hvsock,hvsockd}
 #   share/zsh/site-functions/{_hvsock,_hvsockd}
@@ -84,11 +84,11 @@ install -m 0755 "$binaries/hvsockd" "$binaries/hvsock" "$bindir/"
 step "$bindir/hvsockd, $bindir/hvsock"
 
 # The units name /usr/bin/hvsockd; point them at this prefix.
-for unit in hvsockd.service hvsockd.socket; do
+for unit in hvsockd.service hvsockd.socket hvsockd-admin.socket; do
     sed "s|/usr/bin/hvsockd|${prefix%/}/bin/hvsockd|g" "$repo/packaging/systemd/$unit" >"$unitdir/$unit"
     chmod 0644 "$unitdir/$unit"
 done
-step "$unitdir/hvsockd.service, hvsockd.socket"
+step "$unitdir/hvsockd.service, hvsockd.socket, hvsockd-admin.socket"
 install -m 0644 "$repo/packaging/tmpfiles.d/hvsock.conf" "$tmpfilesdir/hvsock.conf"
 install -m 0644 "$repo/packaging/sysusers.d/hvsock.conf" "$sysusersdir/hvsock.conf"
 step "$tmpfilesdir/hvsock.conf, $sysusersdir/hvsock.conf"
@@ -122,7 +122,7 @@ next, as root:
   systemd-sysusers                     # creates the hvsock group
   systemd-tmpfiles --create hvsock.conf
   systemctl daemon-reload
-  systemctl enable --now hvsockd.socket hvsockd.service
+  systemctl enable --now hvsockd.socket hvsockd-admin.socket hvsockd.service
   usermod -aG hvsock USER              # lets USER connect through /run/hvsock/host.sock
 NEXT
 fi
