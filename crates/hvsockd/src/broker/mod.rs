@@ -30,6 +30,7 @@
 //!   itself registers its own transport with [`Broker::serve_guest`], which takes precedence
 //!   for that VM while it lives.
 
+pub mod gateway;
 pub mod guest;
 
 use std::collections::HashMap;
@@ -128,6 +129,17 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm, Arc::downgrade(&transport));
         transport
+    }
+
+    /// Like [`Broker::serve_guest`], unless a transport registered that way still serves `vm`:
+    /// `false` then, and nothing changes (one device per VM).
+    pub fn serve_guest_once(&self, vm: VmId, transport: Arc<dyn GuestTransport>) -> bool {
+        let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+        if guests.get(&vm).is_some_and(|w| w.strong_count() > 0) {
+            return false;
+        }
+        guests.insert(vm, Arc::downgrade(&transport));
+        true
     }
 
     fn guest_transport(
@@ -254,7 +266,9 @@ impl Broker {
                     let refused = Refused::new(
                         ErrorCode::Refused,
                         "no_attachment",
-                        format!("VM {name} has no hybrid-vsock attachment"),
+                        format!(
+                            "VM {name} has no device connected (start `hvsock-vhost --vm {name}` for it) and no hybrid-vsock attachment"
+                        ),
                     );
                     return Connecting::Now(settle(&metrics, &routed, started, Err(refused)));
                 };

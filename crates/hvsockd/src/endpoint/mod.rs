@@ -176,7 +176,12 @@ impl Endpoints {
         let root = world.root();
         let sandboxes: Vec<VmId> = world
             .partitions()
-            .filter(|p| p.kind == PartitionKind::Sandbox)
+            // A VM without a hybrid-vsock attachment gets an endpoint too: its device process
+            // (hvsock-vhost) reaches hvsockd there as the VM.
+            .filter(|p| {
+                p.kind == PartitionKind::Sandbox
+                    || (p.kind == PartitionKind::Vm && p.hybrid_vsock.is_none())
+            })
             .map(|p| p.id)
             .collect();
         // The root's endpoint follows the root's id (an import may change it): its clients

@@ -3,8 +3,15 @@
 //! ```text
 //!  Fresh ──Connect──▶ Connector ──Connect──▶ Connector      (many requests may be outstanding)
 //!    │
-//!    └──Bind (ok)──▶ Listener ──Ack──▶ Listener              (hvsockd pushes Incoming frames)
+//!    ├──Bind (ok)──▶ Listener ──Ack──▶ Listener              (hvsockd pushes Incoming frames)
+//!    │
+//!    └──Gateway (ok)──▶ Gateway ──Connect / Accepted / Rejected──▶ Gateway
 //! ```
+//!
+//! A `Gateway` session is a VM's device process (`hvsock-vhost`, see
+//! [`crate::broker::gateway`]): only a VM partition without a hybrid-vsock attachment may have
+//! one, one at a time. hvsockd pushes `GuestConnect` frames on it; the device connects for its
+//! guest with `Connect` like any connector.
 //!
 //! [`transition`] is the table: what a frame means in a state. A failed `Bind` leaves the
 //! session `Fresh`. Anything else (a frame that is not valid in the state, garbage, an oversized
@@ -35,9 +42,11 @@ use hvsock_proto::{ErrorCode, Frame, WireAddr};
 use tokio_util::sync::CancellationToken;
 
 use self::io::{FrameIo, SeqPacket, SessionSink};
+use crate::broker::gateway::{self, Gateway};
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
 use crate::listeners::{Conn, Listener};
+use crate::registry::PartitionKind;
 
 /// The session's state.
 #[derive(Debug)]
@@ -48,6 +57,8 @@ pub enum State {
     Connector,
     /// Bound.
     Listener(Arc<Listener>),
+    /// A VM's device, serving its guest.
+    Gateway(Arc<Gateway>),
 }
 
 impl State {
@@ -56,6 +67,7 @@ impl State {
             State::Fresh => "fresh",
             State::Connector => "connector",
             State::Listener(_) => "listener",
+            State::Gateway(_) => "gateway",
         }
     }
 }
@@ -69,6 +81,10 @@ pub enum Transition {
     Bind,
     /// A listener accepted connections: free backlog slots.
     Ack,
+    /// A device asks to serve its VM's guest.
+    Gateway,
+    /// A device answers a `GuestConnect`.
+    Answer,
     /// Not valid here: the session ends.
     Invalid,
 }
@@ -76,9 +92,13 @@ pub enum Transition {
 /// The table of the state machine.
 pub fn transition(state: &State, frame: &Frame) -> Transition {
     match (state, frame) {
-        (State::Fresh | State::Connector, Frame::Connect { .. }) => Transition::Connect,
+        (State::Fresh | State::Connector | State::Gateway(_), Frame::Connect { .. }) => {
+            Transition::Connect
+        }
         (State::Fresh, Frame::Bind { .. }) => Transition::Bind,
         (State::Listener(_), Frame::Ack { .. }) => Transition::Ack,
+        (State::Fresh, Frame::Gateway { .. }) => Transition::Gateway,
+        (State::Gateway(_), Frame::Accepted { .. } | Frame::Rejected { .. }) => Transition::Answer,
         _ => Transition::Invalid,
     }
 }
@@ -125,8 +145,13 @@ pub async fn serve<T: FrameIo>(
         outstanding: Arc::new(AtomicUsize::new(0)),
     };
     let state = session.serve(cancel).await;
-    if let State::Listener(listener) = &state {
-        session.close_listener(listener);
+    match &state {
+        State::Listener(listener) => session.close_listener(listener),
+        State::Gateway(gateway) => {
+            gateway.close();
+            tracing::info!(partition = %session.label(), "the VM's device left");
+        }
+        _ => {}
     }
 }
 
@@ -187,7 +212,26 @@ impl<T: FrameIo> Session<T> {
                     },
                 ) => {
                     self.connect(req, target, timeout_ms).await;
-                    State::Connector
+                    match state {
+                        State::Gateway(g) => State::Gateway(g),
+                        _ => State::Connector,
+                    }
+                }
+                (Transition::Gateway, Frame::Gateway { req }) => match self.gateway(req) {
+                    Some(gateway) => State::Gateway(gateway),
+                    None => State::Fresh,
+                },
+                (Transition::Answer, Frame::Accepted { req }) => {
+                    if let State::Gateway(g) = &state {
+                        g.answer(req, Ok(()));
+                    }
+                    state
+                }
+                (Transition::Answer, Frame::Rejected { req, code, message }) => {
+                    if let State::Gateway(g) = &state {
+                        g.answer(req, Err(gateway::rejected(code, message)));
+                    }
+                    state
                 }
                 (Transition::Bind, Frame::Bind { req, addr, backlog }) => {
                     match self.bind(req, addr, backlog) {
@@ -207,8 +251,10 @@ impl<T: FrameIo> Session<T> {
                         frame.kind_name(),
                         state.name()
                     );
-                    if let State::Listener(listener) = &state {
-                        self.close_listener(listener);
+                    match &state {
+                        State::Listener(listener) => self.close_listener(listener),
+                        State::Gateway(gateway) => gateway.close(),
+                        _ => {}
                     }
                     self.drop_client("protocol", &why);
                     return State::Fresh;
@@ -285,6 +331,62 @@ impl<T: FrameIo> Session<T> {
                 refuse(refused.code, refused.message)
             }
         }
+    }
+
+    /// Answers a `Gateway` request: the gateway if this session now serves its VM's guest.
+    fn gateway(&self, req: u32) -> Option<Arc<Gateway>> {
+        let partition = self.client.partition;
+        let refuse = |code, message: String| {
+            let _ = self
+                .sock
+                .try_send(&Frame::Error { req, code, message }, None);
+            None
+        };
+        let name = {
+            let world = self.broker.world().lock();
+            match world.partition(partition) {
+                Some(p) if p.kind == PartitionKind::Vm && p.hybrid_vsock.is_none() => {
+                    p.name.clone()
+                }
+                Some(p) if p.kind == PartitionKind::Vm => {
+                    return refuse(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "VM {} is attached through its VMM's hybrid-vsock socket; remove it and add it again without --hybrid-vsock to serve it with hvsock-vhost",
+                            p.name
+                        ),
+                    );
+                }
+                _ => {
+                    return refuse(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "only a VM partition can have a device gateway, and {} is not a VM",
+                            world.partition_label(partition)
+                        ),
+                    );
+                }
+            }
+        };
+        let sock = self.sock.clone();
+        let send: gateway::SendFrame = Box::new(move |frame, fd| sock.try_send(frame, Some(fd)));
+        let gateway = Arc::new(Gateway::new(&name, send));
+        if !self.broker.serve_guest_once(partition, gateway.clone()) {
+            return refuse(
+                ErrorCode::AddrInUse,
+                format!("VM {name} already has a device (hvsock-vhost) connected; stop it first"),
+            );
+        }
+        let bound = Frame::Bound {
+            req,
+            local: SockAddrHv::new(partition, hvsock::ServiceId(hvsock::Guid::NIL)).into(),
+        };
+        if let Err(e) = self.sock.try_send(&bound, None) {
+            tracing::debug!("device left before its gateway was answered: {e}");
+            return None;
+        }
+        tracing::info!(vm = %name, pid = ?self.client.pid, "the VM's device is its gateway");
+        Some(gateway)
     }
 
     /// Answers a connect: at once, or from a task of its own when the answer comes later.
