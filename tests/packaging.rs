@@ -533,16 +533,19 @@ fn socket_activation_serves_inherited_sockets_and_they_outlive_restarts() {
     .unwrap();
     listener.accept().unwrap();
 
-    // A clean stop removes what hvsockd made (partition endpoints), never the inherited
-    // sockets: the same host.sock, not a new file.
-    let vm_socket = std::fs::read_dir(dirs.partitions())
+    // A clean stop removes what hvsockd made (partition endpoints, but not their directories,
+    // which sandboxes may have mounted), never the inherited sockets: the same host.sock, not
+    // a new file.
+    let vm_dir = std::fs::read_dir(dirs.partitions())
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.is_dir())
+        .unwrap();
+    let vm_socket = vm_dir.join(hvsock::dirs::ENDPOINT_FILE);
+    assert!(vm_socket.exists(), "{}", vm_socket.display());
     assert_eq!(hvsockd.stop(), Some(0));
     assert!(!vm_socket.exists(), "{}", vm_socket.display());
+    assert!(vm_dir.is_dir(), "{}", vm_dir.display());
     assert!(dirs.admin_socket().exists());
     assert_eq!(
         std::fs::metadata(dirs.host_socket()).unwrap().ino(),

@@ -23,7 +23,7 @@
 //!   follows from a change;
 //! - [`reconcile`]: what follows from the world (endpoints, VM guest ports), brought in line
 //!   on every change by one task that watches the world's change signal;
-//! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
+//! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>/endpoint.sock`) and their
 //!   accept loops; a client's partition is the endpoint it came through;
 //! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames
 //!   behind a small frame-I/O trait;

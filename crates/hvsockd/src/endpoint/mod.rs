@@ -1,5 +1,12 @@
-//! Endpoint sockets: `host.sock` for the root and `partitions/<vmid>.sock` for each sandbox
-//! partition. A client's partition is the endpoint it came through.
+//! Endpoint sockets: `host.sock` for the root and `partitions/<vmid>/endpoint.sock` for each
+//! sandbox partition. A client's partition is the endpoint it came through.
+//!
+//! A partition's endpoint lives in a directory of its own (mode 0755 inside the 0700
+//! `partitions/`), so that a sandbox can be given the directory by a bind mount and keep
+//! reaching hvsockd after a restart: the socket inside is re-created, the directory (and the
+//! mount) stay. The old path `partitions/<vmid>.sock` is kept as a relative symbolic link to
+//! `<vmid>/endpoint.sock`. On shutdown only the socket is removed; the directory and the link
+//! go when the partition is removed.
 //!
 //! Each endpoint is an `AF_UNIX` `SOCK_SEQPACKET` listening socket with an accept task; each
 //! accepted client gets a [`session`](crate::session) task. Which endpoints are open follows
@@ -91,6 +98,109 @@ pub fn listen(path: &Path, mode: u32, group: Option<u32>) -> io::Result<OwnedFd>
             backlog: LISTEN_BACKLOG,
         },
     )
+}
+
+/// Mode of a partition's directory: searchable by everyone, as the socket in it is reached
+/// through a bind mount inside the sandbox (by whatever uid its programs have); writable by
+/// hvsockd only.
+pub const PARTITION_DIR_MODE: u32 = 0o755;
+
+/// Opens the endpoint of sandbox partition `id`: its directory (made if missing, with
+/// [`PARTITION_DIR_MODE`]), the listening socket `endpoint.sock` in it (made with its mode
+/// before it listens), and the old path `partitions/<vmid>.sock` as a link to it.
+pub fn open_partition(dirs: &Dirs, id: VmId) -> io::Result<OwnedFd> {
+    let dir = dirs.partition_dir(id);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a directory: hvsockd keeps the partition's endpoint in a directory there; remove it",
+                    dir.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(PARTITION_DIR_MODE)
+                .create(&dir)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
+                })?;
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("looking at {}: {e}", dir.display()),
+            ));
+        }
+    }
+    // The umask may have narrowed it, or an older hvsockd made it otherwise.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(PARTITION_DIR_MODE)).map_err(
+        |e| {
+            io::Error::new(
+                e.kind(),
+                format!("setting the mode of {}: {e}", dir.display()),
+            )
+        },
+    )?;
+    let sock = listen(&dirs.partition_socket(id), PARTITION_SOCKET_MODE, None)?;
+    link_legacy_path(dirs, id);
+    Ok(sock)
+}
+
+/// Makes `partitions/<vmid>.sock` a relative link to `<vmid>/endpoint.sock`, replacing the
+/// socket an older hvsockd left there; any other file is left alone with a warning (the new
+/// path works regardless).
+fn link_legacy_path(dirs: &Dirs, id: VmId) {
+    use std::os::unix::fs::FileTypeExt;
+    let legacy = dirs.legacy_partition_socket(id);
+    let target = Path::new(&id.to_string()).join(hvsock::dirs::ENDPOINT_FILE);
+    match std::fs::symlink_metadata(&legacy) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(&legacy).ok().as_deref() == Some(target.as_path()) {
+                return;
+            }
+            let _ = std::fs::remove_file(&legacy);
+        }
+        Ok(meta) if meta.file_type().is_socket() => {
+            let _ = std::fs::remove_file(&legacy);
+        }
+        Ok(_) => {
+            tracing::warn!(
+                "{} exists and is neither a socket nor a link: left alone (the endpoint is {})",
+                legacy.display(),
+                dirs.partition_socket(id).display()
+            );
+            return;
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = std::os::unix::fs::symlink(&target, &legacy) {
+        tracing::warn!(
+            "linking the old endpoint path {} to {}: {e}",
+            legacy.display(),
+            target.display()
+        );
+    }
+}
+
+/// Removes what [`open_partition`] made besides the socket: the old path's link and the
+/// directory (if empty: a sandbox may still have it mounted, which is harmless).
+fn remove_partition_files(dirs: &Dirs, id: VmId) {
+    let legacy = dirs.legacy_partition_socket(id);
+    if std::fs::symlink_metadata(&legacy).is_ok_and(|m| m.file_type().is_symlink()) {
+        sys::remove_socket_file(&legacy);
+    }
+    let dir = dirs.partition_dir(id);
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
+    }
 }
 
 impl Endpoints {
@@ -213,7 +323,7 @@ impl Endpoints {
                 continue;
             }
             let path = self.dirs.partition_socket(id);
-            match listen(&path, PARTITION_SOCKET_MODE, None).and_then(sys::register) {
+            match open_partition(&self.dirs, id).and_then(sys::register) {
                 Ok(afd) => self.start(id, Role::Partition, path, Arc::new(afd), SocketFile::Owned),
                 Err(e) => {
                     tracing::error!(
@@ -227,12 +337,16 @@ impl Endpoints {
         failed
     }
 
-    /// Closes the endpoint of `partition`: ends its sessions and removes its socket file.
+    /// Closes the endpoint of `partition`: ends its sessions and removes its socket file, its
+    /// directory and the old path's link.
     fn close(&self, partition: VmId) {
         if let Some(open) = self.lock().remove(&partition) {
             open.cancel.cancel();
             if open.file == SocketFile::Owned {
                 sys::remove_socket_file(&open.path);
+            }
+            if open.role == Role::Partition {
+                remove_partition_files(&self.dirs, partition);
             }
         }
     }
@@ -263,13 +377,15 @@ impl Endpoints {
         sys::accept_loop(&listener, SocketFlags::NONBLOCK, &cancel, what, |fd| {
             let limit = self.limits.max_sessions_per_partition;
             if sessions.load(Ordering::Acquire) >= limit {
-                tracing::warn!(
-                    partition = %self.broker.world().label(partition),
-                    "refusing a client: the partition has {limit} sessions already",
-                );
-                self.broker
-                    .metrics()
-                    .client_error(partition, "too_many_sessions");
+                let metrics = self.broker.metrics();
+                let label = || self.broker.world().label(partition);
+                if metrics.warn_allowed(partition, "too_many_sessions", label) {
+                    tracing::warn!(
+                        partition = %label(),
+                        "refusing a client: the partition has {limit} sessions already",
+                    );
+                }
+                metrics.client_error(partition, "too_many_sessions");
                 return; // dropping fd closes it
             }
             sessions.fetch_add(1, Ordering::AcqRel);

@@ -179,10 +179,12 @@ impl<T: FrameIo> Session<T> {
             let received = tokio::select! {
                 () = cancel.cancelled() => return state,
                 () = &mut handshake, if fresh => {
-                    tracing::warn!(
-                        partition = %self.label(), pid = ?self.client.pid,
-                        "client sent nothing within {:?}; dropping it", self.limits.handshake_timeout
-                    );
+                    if self.broker.metrics().warn_allowed(self.client.partition, "idle", || self.label()) {
+                        tracing::warn!(
+                            partition = %self.label(), pid = ?self.client.pid,
+                            "client sent nothing within {:?}; dropping it", self.limits.handshake_timeout
+                        );
+                    }
                     self.broker.metrics().client_error(self.client.partition, "idle");
                     return state;
                 }
@@ -270,10 +272,16 @@ impl<T: FrameIo> Session<T> {
     }
 
     fn drop_client(&self, reason: &'static str, why: &str) {
-        tracing::warn!(
-            partition = %self.label(), pid = ?self.client.pid, reason,
-            "dropping client: {why}"
-        );
+        if self
+            .broker
+            .metrics()
+            .warn_allowed(self.client.partition, reason, || self.label())
+        {
+            tracing::warn!(
+                partition = %self.label(), pid = ?self.client.pid, reason,
+                "dropping client: {why}"
+            );
+        }
         self.broker
             .metrics()
             .client_error(self.client.partition, reason);
