@@ -43,6 +43,7 @@ const REQUIRED: &[&str] = &[
     "admin-sock-private",
     "socket-activation",
     "vm-add",
+    "partition-dir",
     "sandbox-mount",
     "listen-bound",
     "sandbox-reaches",
@@ -52,10 +53,12 @@ const REQUIRED: &[&str] = &[
     "restart-registry",
     "restart-established-host",
     "restart-established-sandbox",
+    "restart-sandbox-reaches",
     "kill-service-back",
     "kill-registry",
     "kill-established-host",
     "kill-established-sandbox",
+    "kill-sandbox-reaches",
 ];
 
 /// The bound on the guest, from QEMU's start to power-off.
