@@ -815,6 +815,48 @@ fn units_for_this_build(dir: &Path) {
 }
 
 #[test]
+fn the_vm_device_unit_verifies_and_stays_hardened() {
+    let dir = tempdir();
+    let text =
+        std::fs::read_to_string(repo().join("packaging/systemd/hvsock-vhost@.service")).unwrap();
+    assert!(text.contains("RestrictAddressFamilies=AF_UNIX\n"));
+    assert!(text.contains("--vm %i --socket /run/hvsock-vhost/%i.sock"));
+    // An instance, as `systemctl start hvsock-vhost@vm1` makes it, with this build's binary.
+    let text = text.replace(
+        "ExecStart=/usr/bin/hvsock-vhost",
+        &format!("ExecStart={}", support::vhost_bin().display()),
+    );
+    std::fs::write(dir.path().join("hvsock-vhost@vm1.service"), text).unwrap();
+    let analyze = require("systemd-analyze");
+    let mut cmd = Command::new(&analyze);
+    cmd.args(["verify", "--man=no", "./hvsock-vhost@vm1.service"])
+        .current_dir(dir.path())
+        .env("SYSTEMD_LOG_LEVEL", "notice");
+    let out = run(cmd);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        out.status,
+        out.stderr
+    );
+    let mut cmd = Command::new(&analyze);
+    cmd.args([
+        "security",
+        "--offline=yes",
+        "--threshold=20",
+        "./hvsock-vhost@vm1.service",
+    ])
+    .current_dir(dir.path());
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
 fn systemd_units_verify_and_stay_hardened() {
     let dir = tempdir();
     units_for_this_build(dir.path());
@@ -909,6 +951,8 @@ fn systemd_units_verify_and_stay_hardened() {
 // The install script
 
 fn install(destdir: &Path, prefix: &str) -> Out {
+    // hvsock-vhost comes from its own build, into the same directory as the others.
+    support::vhost_bin();
     let mut cmd = Command::new(repo().join("scripts/install.sh"));
     cmd.arg("--destdir")
         .arg(destdir)
@@ -927,7 +971,9 @@ fn install_script_stages_the_whole_tree() {
     let expect: &[(&str, u32)] = &[
         ("usr/bin/hvsockd", 0o755),
         ("usr/bin/hvsock", 0o755),
+        ("usr/bin/hvsock-vhost", 0o755),
         ("usr/lib/systemd/system/hvsockd.service", 0o644),
+        ("usr/lib/systemd/system/hvsock-vhost@.service", 0o644),
         ("usr/lib/systemd/system/hvsockd.socket", 0o644),
         ("usr/lib/systemd/system/hvsockd-admin.socket", 0o644),
         ("usr/lib/tmpfiles.d/hvsock.conf", 0o644),
@@ -943,6 +989,7 @@ fn install_script_stages_the_whole_tree() {
         ("usr/share/man/man1/hvsock-connect.1", 0o644),
         ("usr/share/man/man8/hvsockd.8", 0o644),
         ("usr/share/doc/hvsock/operators.md", 0o644),
+        ("usr/share/doc/hvsock/vms.md", 0o644),
     ];
     for (path, want) in expect {
         let path = root.join(path);
@@ -988,6 +1035,17 @@ fn install_script_stages_the_whole_tree() {
     )
     .unwrap();
     assert!(service.contains("\nExecStart=/usr/local/bin/hvsockd --socket-group hvsock\n"));
+    let device = std::fs::read_to_string(
+        dest.path()
+            .join("usr/local/lib/systemd/system/hvsock-vhost@.service"),
+    )
+    .unwrap();
+    assert!(
+        device.contains(
+            "\nExecStart=/usr/local/bin/hvsock-vhost --vm %i --socket /run/hvsock-vhost/%i.sock\n"
+        ),
+        "{device}"
+    );
     assert!(dest.path().join("usr/local/bin/hvsock").exists());
 
     // Bad arguments are refused before anything is written.

@@ -142,6 +142,15 @@ impl Broker {
         true
     }
 
+    /// Whether a device process (registered with [`Broker::serve_guest`]) serves `vm` now.
+    pub fn has_device(&self, vm: VmId) -> bool {
+        self.guests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm)
+            .is_some_and(|w| w.strong_count() > 0)
+    }
+
     fn guest_transport(
         &self,
         vm: VmId,
@@ -167,7 +176,7 @@ impl Broker {
         let routed = {
             let world = self.world.lock();
             world
-                .route(from, target)
+                .route_served(from, target, |dest| self.has_device(dest))
                 .map_err(|refused| (world.service_key(target.service_id), refused))
         };
         routed.map_err(|(key, refused)| {

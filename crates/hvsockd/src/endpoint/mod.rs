@@ -286,12 +286,9 @@ impl Endpoints {
         let root = world.root();
         let sandboxes: Vec<VmId> = world
             .partitions()
-            // A VM without a hybrid-vsock attachment gets an endpoint too: its device process
-            // (hvsock-vhost) reaches hvsockd there as the VM.
-            .filter(|p| {
-                p.kind == PartitionKind::Sandbox
-                    || (p.kind == PartitionKind::Vm && p.hybrid_vsock.is_none())
-            })
+            // A VM served by hvsock-vhost is such a partition (`vm add` without
+            // --hybrid-vsock): its device reaches hvsockd through this endpoint.
+            .filter(|p| p.kind == PartitionKind::Sandbox)
             .map(|p| p.id)
             .collect();
         // The root's endpoint follows the root's id (an import may change it): its clients

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! A `Gateway` session is a VM's device process (`hvsock-vhost`, see
-//! [`crate::broker::gateway`]): only a VM partition without a hybrid-vsock attachment may have
-//! one, one at a time. hvsockd pushes `GuestConnect` frames on it; the device connects for its
+//! [`crate::broker::gateway`]): any partition but the root that has no hybrid-vsock attachment
+//! (`hvsock vm add NAME`) may have one, one at a time; while it lives, connects into the
+//! partition go to the device (the partition is a guest, as a VM is). hvsockd pushes `GuestConnect` frames on it; the device connects for its
 //! guest with `Connect` like any connector.
 //!
 //! [`transition`] is the table: what a frame means in a state. A failed `Bind` leaves the
@@ -46,7 +47,6 @@ use crate::broker::gateway::{self, Gateway};
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
 use crate::listeners::{Conn, Listener};
-use crate::registry::PartitionKind;
 
 /// The session's state.
 #[derive(Debug)]
@@ -353,10 +353,13 @@ impl<T: FrameIo> Session<T> {
         let name = {
             let world = self.broker.world().lock();
             match world.partition(partition) {
-                Some(p) if p.kind == PartitionKind::Vm && p.hybrid_vsock.is_none() => {
-                    p.name.clone()
+                Some(p) if p.parent.is_none() => {
+                    return refuse(
+                        ErrorCode::Unsupported,
+                        "the host partition cannot have a device gateway: register the VM with `hvsock vm add NAME` and run its device as that VM".into(),
+                    );
                 }
-                Some(p) if p.kind == PartitionKind::Vm => {
+                Some(p) if p.hybrid_vsock.is_some() => {
                     return refuse(
                         ErrorCode::Unsupported,
                         format!(
@@ -365,13 +368,11 @@ impl<T: FrameIo> Session<T> {
                         ),
                     );
                 }
-                _ => {
+                Some(p) => p.name.clone(),
+                None => {
                     return refuse(
-                        ErrorCode::Unsupported,
-                        format!(
-                            "only a VM partition can have a device gateway, and {} is not a VM",
-                            world.partition_label(partition)
-                        ),
+                        ErrorCode::Unreachable,
+                        format!("partition {partition} is not registered"),
                     );
                 }
             }

@@ -188,12 +188,12 @@ async fn a_device_that_leaves_fails_its_connects_at_once_and_frees_the_vm() {
 }
 
 #[tokio::test]
-async fn one_device_per_vm_and_only_for_vms_without_hybrid_vsock() {
+async fn one_device_per_vm_never_for_the_host_nor_a_hybrid_vsock_vm() {
     let f = fixture();
     let _first = device(&f).await;
     for (partition, code, words) in [
         (f.bare, ErrorCode::AddrInUse, "already has a device"),
-        (f.sandbox, ErrorCode::Unsupported, "is not a VM"),
+        (f.root, ErrorCode::Unsupported, "host partition"),
         (f.vm, ErrorCode::Unsupported, "without --hybrid-vsock"),
     ] {
         let d = session(&f, partition).await;
@@ -271,4 +271,44 @@ async fn the_guests_connects_go_through_the_gateway_session_and_stray_answers_en
         host_connect(&f, Duration::from_secs(1)),
         Connecting::Now(_)
     ));
+}
+
+#[tokio::test]
+async fn a_partition_added_without_hybrid_vsock_is_a_guest_while_its_device_lives() {
+    // `hvsock vm add NAME` registers such a partition; without a device a host connect into
+    // it finds no listener, with one it reaches the device.
+    let f = fixture();
+    let connect = |f: &Fixture| {
+        f.broker.connect(
+            f.root,
+            SockAddrHv::new(f.sandbox, f.echo),
+            Conn::Pair,
+            Duration::from_secs(5),
+            Instant::now(),
+        )
+    };
+    let Connecting::Now(s) = connect(&f) else {
+        panic!("waited")
+    };
+    assert_eq!(s.result.unwrap_err().reason, "nothing_listens");
+    let d = session(&f, f.sandbox).await;
+    d.sock.send(&Frame::Gateway { req: 1 }, None).await.unwrap();
+    assert!(matches!(
+        recv(&d).await,
+        Some((Frame::Bound { req: 1, .. }, None))
+    ));
+    assert!(f.broker.has_device(f.sandbox));
+    let pending = tokio::spawn(later(connect(&f)));
+    let Some((Frame::GuestConnect { req, port: 2761 }, Some(_))) = recv(&d).await else {
+        panic!("the device was not asked")
+    };
+    d.sock.send(&Frame::Accepted { req }, None).await.unwrap();
+    assert!(pending.await.unwrap().result.is_ok());
+    drop(d.sock);
+    d.task.await.unwrap();
+    assert!(!f.broker.has_device(f.sandbox));
+    let Connecting::Now(s) = connect(&f) else {
+        panic!("waited")
+    };
+    assert_eq!(s.result.unwrap_err().reason, "nothing_listens");
 }
