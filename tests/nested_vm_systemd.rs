@@ -17,14 +17,21 @@
 //!
 //! The guest reports `HVSOCK-SYSVM CHECK <name> ok|FAIL <detail>` lines on its serial console;
 //! this test reads whole lines, prints every result and the measured gaps, and requires the
-//! checks in [`REQUIRED`]. hvsockd inside the guest is a provider of its own: it uses only its
+//! checks in [`REQUIRED`]. The listener's checks: `*-listener-same-fd` (the application's
+//! descriptor numbers are still sockets: the library re-binds onto them after a crash) and
+//! `*-listener-same-socket` (the very same socket, by inode: only hvsockd resuming the session
+//! from systemd's descriptor store keeps it), which is reported and becomes required when that
+//! store is in place. hvsockd inside the guest is a provider of its own: it uses only its
 //! Unix sockets, and nothing here opens `AF_VSOCK` (the guest has the vsock modules, which
 //! udev loads for the VM's device, and no program uses them). Everything is bounded; QEMU and
 //! vhost-device-vsock are stopped by run-vm.sh (SIGTERM by pid when this test ends early).
 //!
 //! The figures: `cargo test --test nested_vm_systemd -- --nocapture` prints lines like
-//! `GAP restart action_ms=... max_gap_ms=... baseline_gap_ms=...` (TCG: several times slower
-//! than a real machine; the baseline is the connect loop's own pace).
+//! `GAP restart action_ms=... max_gap_ms=... baseline_gap_ms=... back_ms=... failed=...`:
+//! from `systemctl restart` (or the `kill -9`) to the first connect started after it being
+//! served, the longest time without a connect completing, and the loop's own pace before it.
+//! TCG makes every figure several times slower than a real machine (each `hvsock connect`
+//! process alone takes most of a second), so they are orders of magnitude, not benchmarks.
 
 #![allow(clippy::unwrap_used)]
 
@@ -54,11 +61,19 @@ const REQUIRED: &[&str] = &[
     "restart-established-host",
     "restart-established-sandbox",
     "restart-sandbox-reaches",
+    "restart-listener-no-error",
+    "restart-listener-same-fd",
+    "restart-listener-serves",
+    "restart-connects-answered",
     "kill-service-back",
     "kill-registry",
     "kill-established-host",
     "kill-established-sandbox",
     "kill-sandbox-reaches",
+    "kill-listener-no-error",
+    "kill-listener-same-fd",
+    "kill-listener-serves",
+    "kill-connects-answered",
 ];
 
 /// The bound on the guest, from QEMU's start to power-off.
