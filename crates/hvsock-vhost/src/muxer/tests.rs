@@ -127,6 +127,23 @@ fn a_guest_connect_is_refused_at_once_when_hvsockd_refuses_or_is_away() {
 }
 
 #[test]
+fn host_connects_waiting_for_the_guest_are_reset_when_hvsockd_goes_away() {
+    let mut m = muxer();
+    let (ours, _host) = UnixStream::pair().unwrap();
+    m.guest_connect(1, 6000, ours.into());
+    let h = rx(&mut m)[0].0;
+    m.hvsockd_down();
+    // No answer for the old session goes to the next one; the guest's REQUEST is withdrawn.
+    assert!(m.take_requests().is_empty());
+    assert!(m.is_empty());
+    assert_eq!(ops(&rx(&mut m)), [Op::Rst]);
+    m.hvsockd_up();
+    m.guest_packet(&pkt(Op::Response, 6000, h.src_port, 0, 0, 0), &[]);
+    assert!(m.take_requests().is_empty());
+    assert_eq!(ops(&rx(&mut m)), [Op::Rst]);
+}
+
+#[test]
 fn established_connections_keep_flowing_while_hvsockd_is_away() {
     let mut m = muxer();
     let mut host = guest_connected(&mut m);
