@@ -355,9 +355,12 @@ fn connections_outlive_a_sigkill_and_the_registry_outlives_a_restart() {
     got.clear();
     guest.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"after the crash");
-    // The listener's session died with hvsockd, and says so.
+    // The listener's session died with hvsockd: it tries to bind again for its patience,
+    // then says why it could not (hvsockd is not back: its endpoint refuses).
+    listener.set_rebind_patience(Duration::from_millis(200));
     let err = listener.accept().expect_err("session gone");
-    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains("binding"), "{err}");
 
     d.restart();
     let (_, after) = d.api("GET", "/v1/services", None);
