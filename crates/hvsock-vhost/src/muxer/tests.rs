@@ -244,6 +244,7 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
     };
     let mut got = Vec::new();
     let mut fwd = 0u32;
+    let mut requests = 0;
     while got.len() < data.len() {
         let packets = rx(&mut m);
         let sent: usize = packets.iter().map(|(_, p)| p.len()).sum();
@@ -253,8 +254,19 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
             "credit exceeded"
         );
         for (h, p) in packets {
-            assert_eq!(Op::from_u16(h.op), Some(Op::Rw));
-            got.extend_from_slice(&p);
+            match Op::from_u16(h.op) {
+                Some(Op::Rw) => got.extend_from_slice(&p),
+                // Out of credit: the device asks once, rather than wait for the guest.
+                Some(Op::CreditRequest) => {
+                    assert_eq!(
+                        got.len() - fwd as usize,
+                        32 * 1024,
+                        "asked with credit left"
+                    );
+                    requests += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
         }
         // The guest's application reads everything and the guest says so.
         fwd = got.len() as u32;
@@ -263,6 +275,7 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
     }
     writer.join().unwrap();
     assert_eq!(got, data);
+    assert!(requests > 0, "never asked for credit");
     drop(host);
 }
 
