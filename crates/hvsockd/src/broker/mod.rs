@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use hvsock::{ServiceId, SockAddrHv, VmId};
 use hvsock_proto::ErrorCode;
 
+use crate::handover::Holder;
 use crate::listeners::{Conn, Offer};
 use crate::metrics::Metrics;
 use crate::world::{self, Refused, Routed, Target};
@@ -95,6 +96,8 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     /// Transports that serve a VM's guest in place of its hybrid-vsock socket.
     guests: Mutex<HashMap<VmId, Weak<dyn GuestTransport>>>,
+    /// Every socket hvsockd holds, to hand over (see [`crate::handover`]).
+    holder: Arc<Holder>,
 }
 
 impl Broker {
@@ -104,7 +107,13 @@ impl Broker {
             world,
             metrics,
             guests: Mutex::new(HashMap::new()),
+            holder: Arc::new(Holder::default()),
         }
+    }
+
+    /// The table of held sockets (see [`crate::handover`]).
+    pub fn holder(&self) -> &Arc<Holder> {
+        &self.holder
     }
 
     /// The world it routes in.

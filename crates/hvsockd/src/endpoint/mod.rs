@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::config::Limits;
+use crate::handover::{Hold, Kept, SessionRecord};
 use crate::registry::PartitionKind;
 use crate::sys::{self, Replace, SocketSpec};
 use crate::world::World;
@@ -73,6 +74,8 @@ struct Open {
     listener: Arc<AsyncFd<OwnedFd>>,
     cancel: CancellationToken,
     sessions: Arc<AtomicUsize>,
+    /// Its entry in the hand-over's table.
+    _hold: Hold,
 }
 
 /// The open endpoints, by partition.
@@ -83,6 +86,8 @@ pub struct Endpoints {
     dirs: Dirs,
     shutdown: CancellationToken,
     open: Mutex<HashMap<VmId, Open>>,
+    /// Endpoints an hvsockd before this one held, to serve instead of binding new ones.
+    kept: Mutex<HashMap<VmId, (OwnedFd, String)>>,
 }
 
 /// Creates a listening endpoint socket at `path` (replacing a stale file) with `mode`, and
@@ -217,6 +222,58 @@ impl Endpoints {
             dirs,
             shutdown,
             open: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serves these endpoints (kept by an hvsockd before this one, with their names) for
+    /// their partitions rather than binding new sockets: their files stay the same inodes.
+    pub fn adopt(&self, kept: HashMap<VmId, (OwnedFd, String)>) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(kept);
+    }
+
+    /// Closes the kept endpoints no partition took (their partitions are gone).
+    pub fn drop_unused_kept(&self) {
+        let unused: Vec<_> = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (id, (_fd, name)) in unused {
+            tracing::info!(partition = %id, "a kept endpoint's partition is gone; closing it");
+            self.broker.holder().discard(&name);
+        }
+    }
+
+    /// Serves a session an hvsockd before this one served (see [`crate::handover`]) on its
+    /// partition's endpoint; closes it if that partition is gone.
+    pub fn resume_session(
+        self: &Arc<Self>,
+        fd: OwnedFd,
+        name: String,
+        n: u64,
+        record: SessionRecord,
+    ) {
+        let open = self
+            .lock()
+            .get(&record.partition)
+            .map(|o| (o.cancel.clone(), o.sessions.clone()));
+        let Some((cancel, sessions)) = open else {
+            tracing::info!(partition = %record.partition, "a kept session's partition is gone; closing it");
+            self.broker.holder().discard(&name);
+            return;
+        };
+        let (broker, limits, cancel) = (self.broker.clone(), self.limits, cancel.child_token());
+        if let Some(serve) = crate::session::resume(broker, limits, fd, cancel, (n, record, name)) {
+            sessions.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                serve.await;
+                sessions.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 
@@ -237,16 +294,23 @@ impl Endpoints {
     }
 
     /// Serves `listener`, a listening `SOCK_SEQPACKET` socket at `path`, as the root's
-    /// endpoint (`host.sock`).
+    /// endpoint (`host.sock`); `kept_as` is its name if an hvsockd before this one held it.
     pub fn serve_root(
         self: &Arc<Self>,
         root: VmId,
         path: &Path,
         listener: OwnedFd,
         file: SocketFile,
+        kept_as: Option<String>,
     ) -> io::Result<()> {
         let afd = Arc::new(sys::register(listener)?);
-        self.start(root, Role::Root, path.to_owned(), afd, file);
+        let holder = self.broker.holder();
+        let hold = match (file, kept_as) {
+            (SocketFile::Inherited, _) => holder.hold_activated(afd.clone(), "host"),
+            (SocketFile::Owned, Some(name)) => holder.adopt(afd.clone(), Kept::Host, name),
+            (SocketFile::Owned, None) => holder.hold(afd.clone(), Kept::Host),
+        };
+        self.start(root, Role::Root, path.to_owned(), afd, file, hold);
         Ok(())
     }
 
@@ -257,6 +321,7 @@ impl Endpoints {
         path: PathBuf,
         listener: Arc<AsyncFd<OwnedFd>>,
         file: SocketFile,
+        hold: Hold,
     ) {
         let cancel = self.shutdown.child_token();
         let sessions = Arc::new(AtomicUsize::new(0));
@@ -269,6 +334,7 @@ impl Endpoints {
                 listener: listener.clone(),
                 cancel: cancel.clone(),
                 sessions: sessions.clone(),
+                _hold: hold,
             },
         );
         if let Some(previous) = previous {
@@ -302,7 +368,14 @@ impl Endpoints {
             let open = self.lock().remove(&old);
             if let Some(open) = open {
                 open.cancel.cancel();
-                self.start(root, Role::Root, open.path, open.listener, open.file);
+                self.start(
+                    root,
+                    Role::Root,
+                    open.path,
+                    open.listener,
+                    open.file,
+                    open._hold,
+                );
             }
         }
         let gone: Vec<VmId> = self
@@ -320,8 +393,10 @@ impl Endpoints {
                 continue;
             }
             let path = self.dirs.partition_socket(id);
-            match open_partition(&self.dirs, id).and_then(sys::register) {
-                Ok(afd) => self.start(id, Role::Partition, path, Arc::new(afd), SocketFile::Owned),
+            match self.open_endpoint(id, &path) {
+                Ok((afd, hold)) => {
+                    self.start(id, Role::Partition, path, afd, SocketFile::Owned, hold);
+                }
                 Err(e) => {
                     tracing::error!(
                         "opening the endpoint of partition {}: {e}",
@@ -332,6 +407,35 @@ impl Endpoints {
             }
         }
         failed
+    }
+
+    /// The listening socket of partition `id`'s endpoint at `path`: the one kept for it if its
+    /// file is still there, else a new one.
+    fn open_endpoint(&self, id: VmId, path: &Path) -> io::Result<(Arc<AsyncFd<OwnedFd>>, Hold)> {
+        let holder = self.broker.holder();
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some((fd, name)) = kept {
+            let there = std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+            if there {
+                link_legacy_path(&self.dirs, id);
+                let afd = Arc::new(sys::register(fd)?);
+                let hold = holder.adopt(afd.clone(), Kept::Endpoint(id), name);
+                return Ok((afd, hold));
+            }
+            tracing::warn!(
+                "the kept endpoint of partition {id} has no file at {} any more; binding a new one",
+                path.display()
+            );
+            holder.discard(&name);
+        }
+        let afd = Arc::new(sys::register(open_partition(&self.dirs, id)?)?);
+        let hold = holder.hold(afd.clone(), Kept::Endpoint(id));
+        Ok((afd, hold))
     }
 
     /// Closes the endpoint of `partition`: ends its sessions and removes its socket file, its

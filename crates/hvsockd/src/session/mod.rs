@@ -29,7 +29,11 @@
 //! The session runs over any [`io::FrameIo`]; the partition is the endpoint's, never anything
 //! the client says.
 
+pub mod book;
 pub mod io;
+mod resume;
+
+pub use resume::resume;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -42,10 +46,12 @@ use hvsock_proto::unix::{Received, RecvError};
 use hvsock_proto::{ErrorCode, Frame, WireAddr};
 use tokio_util::sync::CancellationToken;
 
+use self::book::Book;
 use self::io::{FrameIo, SeqPacket, SessionSink};
 use crate::broker::gateway::{self, Gateway};
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
+use crate::handover::{self, WaitingConnect};
 use crate::listeners::{Conn, Listener};
 
 /// The session's state.
@@ -134,25 +140,9 @@ pub async fn serve<T: FrameIo>(
     sock: Arc<T>,
     cancel: CancellationToken,
 ) {
-    let session = Session {
-        client: Client {
-            partition,
-            pid: sock.peer_pid(),
-        },
-        broker,
-        limits,
-        sock,
-        outstanding: Arc::new(AtomicUsize::new(0)),
-    };
-    let state = session.serve(cancel).await;
-    match &state {
-        State::Listener(listener) => session.close_listener(listener),
-        State::Gateway(gateway) => {
-            gateway.close();
-            tracing::info!(partition = %session.label(), "the VM's device left");
-        }
-        _ => {}
-    }
+    let book = Arc::new(Book::new(&broker, partition, sock.clone()));
+    let session = Session::new(broker, limits, partition, sock, book);
+    session.run(cancel, State::Fresh).await;
 }
 
 struct Session<T> {
@@ -162,16 +152,51 @@ struct Session<T> {
     sock: Arc<T>,
     /// Connects waiting for their answer off the read loop.
     outstanding: Arc<AtomicUsize>,
+    /// Its state as the hand-over sees it.
+    book: Arc<Book>,
 }
 
 impl<T: FrameIo> Session<T> {
+    fn new(
+        broker: Arc<Broker>,
+        limits: Limits,
+        partition: VmId,
+        sock: Arc<T>,
+        book: Arc<Book>,
+    ) -> Session<T> {
+        Session {
+            client: Client {
+                partition,
+                pid: sock.peer_pid(),
+            },
+            broker,
+            limits,
+            sock,
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            book,
+        }
+    }
+
+    /// Serves from `state` until the session ends, then unbinds its listener if it has one.
+    async fn run(&self, cancel: CancellationToken, state: State) {
+        let state = self.serve(cancel, state).await;
+        match &state {
+            State::Listener(listener) => self.close_listener(listener),
+            State::Gateway(gateway) => {
+                gateway.close();
+                tracing::info!(partition = %self.label(), "the VM's device left");
+            }
+            _ => {}
+        }
+    }
+
     fn label(&self) -> String {
         self.broker.world().label(self.client.partition)
     }
 
     /// Runs the state machine until the session ends; returns the last state.
-    async fn serve(&self, cancel: CancellationToken) -> State {
-        let mut state = State::Fresh;
+    async fn serve(&self, cancel: CancellationToken, state: State) -> State {
+        let mut state = state;
         let handshake = tokio::time::sleep(self.limits.handshake_timeout);
         tokio::pin!(handshake);
         loop {
@@ -213,14 +238,20 @@ impl<T: FrameIo> Session<T> {
                         timeout_ms,
                     },
                 ) => {
+                    if matches!(state, State::Fresh) {
+                        self.book.connector();
+                    }
                     self.connect(req, target, timeout_ms).await;
                     match state {
                         State::Gateway(g) => State::Gateway(g),
                         _ => State::Connector,
                     }
                 }
-                (Transition::Gateway, Frame::Gateway { req }) => match self.gateway(req) {
-                    Some(gateway) => State::Gateway(gateway),
+                (Transition::Gateway, Frame::Gateway { req }) => match self.gateway(Some(req)) {
+                    Some(gateway) => {
+                        self.book.gateway();
+                        State::Gateway(gateway)
+                    }
                     None => State::Fresh,
                 },
                 (Transition::Answer, Frame::Accepted { req }) => {
@@ -237,7 +268,10 @@ impl<T: FrameIo> Session<T> {
                 }
                 (Transition::Bind, Frame::Bind { req, addr, backlog }) => {
                     match self.bind(req, addr, backlog) {
-                        Some(listener) => State::Listener(listener),
+                        Some(listener) => {
+                            self.book.listener(addr, backlog, listener.clone());
+                            State::Listener(listener)
+                        }
                         None => State::Fresh,
                     }
                 }
@@ -342,7 +376,10 @@ impl<T: FrameIo> Session<T> {
     }
 
     /// Answers a `Gateway` request: the gateway if this session now serves its VM's guest.
-    fn gateway(&self, req: u32) -> Option<Arc<Gateway>> {
+    /// Without `req`, a resumed gateway (see [`crate::handover`]): its device is not told
+    /// anything unless it is refused.
+    fn gateway(&self, answer: Option<u32>) -> Option<Arc<Gateway>> {
+        let req = answer.unwrap_or(0);
         let partition = self.client.partition;
         let refuse = |code, message: String| {
             let _ = self
@@ -386,6 +423,10 @@ impl<T: FrameIo> Session<T> {
                 format!("VM {name} already has a device (hvsock-vhost) connected; stop it first"),
             );
         }
+        if answer.is_none() {
+            tracing::info!(vm = %name, pid = ?self.client.pid, "the VM's device is its gateway again");
+            return Some(gateway);
+        }
         let bound = Frame::Bound {
             req,
             local: SockAddrHv::new(partition, hvsock::ServiceId(hvsock::Guid::NIL)).into(),
@@ -426,10 +467,16 @@ impl<T: FrameIo> Session<T> {
             Connecting::Now(settled) => answer(&self.broker, &*self.sock, req, settled).await,
             Connecting::Later(pending) => {
                 self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.book.waiting(WaitingConnect {
+                    req,
+                    target: target.into(),
+                    deadline_ms: handover::monotonic_ms() + u64::from(timeout_ms),
+                });
                 let (broker, sock) = (self.broker.clone(), self.sock.clone());
-                let outstanding = self.outstanding.clone();
+                let (outstanding, book) = (self.outstanding.clone(), self.book.clone());
                 tokio::spawn(async move {
                     answer(&broker, &*sock, req, pending.await).await;
+                    book.answered(req);
                     outstanding.fetch_sub(1, Ordering::AcqRel);
                 });
             }
