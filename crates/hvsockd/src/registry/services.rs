@@ -43,6 +43,7 @@ impl Registry {
                 enabled,
                 policy: None,
                 created_at,
+                access: None,
             },
             Added::Created,
         ))
@@ -106,6 +107,25 @@ impl Registry {
         self.update_service(id, None, None, Some(policy)).map(drop)
     }
 
+    /// Sets which host users may connect to a service (`None`: anyone who may use the root's
+    /// endpoint).
+    pub fn set_service_access(&mut self, id: ServiceId, access: Option<&Access>) -> Result<()> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE services SET access = ?2 WHERE id = ?1",
+                params![id.to_string(), access_to_column(access)],
+            )
+            .map_err(sql("updating a service's access"))?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound {
+                what: "service",
+                key: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Enables or disables a service.
     pub fn set_service_enabled(&mut self, id: ServiceId, enabled: bool) -> Result<()> {
         let changed = self
@@ -142,10 +162,10 @@ impl Registry {
 
 /// Every service, as [`service_columns`] reads a row.
 pub(super) const SELECT_SERVICES: &str =
-    "SELECT id, name, enabled, policy, created_at FROM services";
+    "SELECT id, name, enabled, policy, created_at, access FROM services";
 
 /// One row of [`SELECT_SERVICES`], as stored.
-pub(super) type ServiceColumns = (String, String, bool, String, i64);
+pub(super) type ServiceColumns = (String, String, bool, String, i64, Option<String>);
 
 pub(super) fn service_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceColumns> {
     Ok((
@@ -154,12 +174,13 @@ pub(super) fn service_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<Servi
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
 /// A service row as a record; a column hvsockd could not have written is [`RegistryError::Corrupt`].
 pub(super) fn service_record(
-    (id, name, enabled, policy, created_at): ServiceColumns,
+    (id, name, enabled, policy, created_at, access): ServiceColumns,
 ) -> Result<ServiceRecord> {
     Ok(ServiceRecord {
         id: ServiceId(parse_guid("service id", &id)?),
@@ -167,6 +188,7 @@ pub(super) fn service_record(
         enabled,
         policy: policy_from_column(&policy)?,
         created_at,
+        access: access_from_column(access)?,
     })
 }
 
