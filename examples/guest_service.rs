@@ -3,7 +3,7 @@
 //!
 //! It connects to `parent:<service>` (the partition's parent, the host) through whatever
 //! transport the environment names: `HVSOCK_ENDPOINT` pointing at the partition's endpoint
-//! socket (`DIR/partitions/<vmid>.sock`, bind-mounted into a sandbox), or
+//! socket (`DIR/partitions/<vmid>/endpoint.sock`, bind-mounted into a sandbox), or
 //! `HVSOCK_TRANSPORT=vsock` inside a VM. It sends its arguments, or without arguments the
 //! lines of stdin, one line at a time, prints each reply on stdout, and half-closes when done.
 //!
@@ -17,7 +17,7 @@
 //! service, adding a partition, the host side). The short form, once those run:
 //!
 //! ```text
-//! HVSOCK_ENDPOINT=./demo/partitions/<vmid>.sock target/debug/examples/guest_service hello world
+//! HVSOCK_ENDPOINT=./demo/partitions/<vmid>/endpoint.sock target/debug/examples/guest_service hello world
 //! host> hello
 //! host> world
 //! ```

@@ -37,7 +37,7 @@
 //! target/debug/examples/host_service --dir ./demo 2761
 //!
 //! # Step 3: the guest side, from inside the partition: its endpoint socket is the partition.
-//! HVSOCK_ENDPOINT=./demo/partitions/<vmid>.sock target/debug/examples/guest_service hello world
+//! HVSOCK_ENDPOINT=./demo/partitions/<vmid>/endpoint.sock target/debug/examples/guest_service hello world
 //! ```
 //!
 //! Inside a real VM the guest side needs no hvsockd: run it with `HVSOCK_TRANSPORT=vsock`

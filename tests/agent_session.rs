@@ -555,13 +555,23 @@ fn the_agent_survives_hvsockd_restarting() {
     );
     assert_eq!(text(&out.stdout), "before\n");
     s.d.restart();
-    s.agent.wait_log("the agent to bind again", |log| {
-        log.matches("serving hvsock-session").count() >= 2
-    });
-    let out = run(
-        s.hv().args(["exec", "sb", "--", "echo", "after"]),
-        b"",
-        QUICK,
-    );
-    assert_eq!(text(&out.stdout), "after\n", "{}", text(&out.stderr));
+    // The agent's listener binds again (the library does it by itself, or the agent's own
+    // loop does after an error): exec works again within moments.
+    let started = std::time::Instant::now();
+    loop {
+        let out = run(
+            s.hv().args(["exec", "sb", "--", "echo", "after"]),
+            b"",
+            QUICK,
+        );
+        if text(&out.stdout) == "after\n" {
+            break;
+        }
+        assert!(
+            started.elapsed() < QUICK,
+            "exec after the restart: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -254,6 +254,32 @@ fn vm_add_list_show_remove_with_parents() {
     let text = show.ok();
     assert!(text.starts_with(&format!("name:         a1\nid:           {fixed}\nkind:         sandbox\nparent:       a ({a})\nchildren:     -\nendpoint:     ")), "{text}");
     assert!(text.contains("sessions:     0\n"), "{text}");
+    // The endpoint lives in the partition's own directory, which is what to bind-mount; the
+    // old path is a link to it.
+    let fixed_id = hvsock::VmId::parse(fixed).unwrap();
+    let dir = d.dirs().partition_dir(fixed_id);
+    assert!(
+        text.contains(&format!(
+            "endpoint:     {}\nmount:        {}\n",
+            dir.join("endpoint.sock").display(),
+            dir.display()
+        )),
+        "{text}"
+    );
+    let legacy = d.dirs().legacy_partition_socket(fixed_id);
+    assert_eq!(
+        std::fs::read_link(&legacy).unwrap(),
+        std::path::Path::new(fixed).join("endpoint.sock")
+    );
+    hvsock::HvListener::bind_with(
+        &hvsock::Transport::provider(&legacy),
+        hvsock::SockAddrHv::new(
+            hvsock::VmId::LOOPBACK,
+            hvsock::ServiceId::from_vsock_port(9),
+        ),
+        1,
+    )
+    .expect("the old path still reaches the partition");
     let show_a = hv(&d, &["vm", "show", &a]);
     assert!(show_a.ok().contains("children:     a1\n"), "{show_a:?}");
     let host = hv(&d, &["vm", "show", "host", "--json"]).json();
@@ -266,6 +292,7 @@ fn vm_add_list_show_remove_with_parents() {
         hv(&d, &["vm", "remove", fixed]).ok(),
         format!("partition a1 ({fixed}) removed\n")
     );
+    assert!(!dir.exists() && std::fs::symlink_metadata(&legacy).is_err());
     assert_eq!(
         hv(&d, &["vm", "remove", "a"]).ok(),
         format!("partition a ({a}) removed\n")

@@ -1,7 +1,9 @@
-//! The nested-VM test: real Linux guests (Debian's stock cloud kernel under QEMU/TCG, with a
-//! vhost-user-vsock device served by vhost-device-vsock) talk to hvsockd on this host through
-//! the hybrid-vsock attachment, running the project's own static `hvsock` binary over
-//! `AF_VSOCK` inside the guest.
+//! The nested-VM test: real Linux guests (Debian's stock cloud kernel under QEMU/TCG) talk to
+//! hvsockd on this host, running the project's own static `hvsock` binary over `AF_VSOCK`
+//! inside the guest, once with each vhost-user-vsock device: vhost-device-vsock through the
+//! hybrid-vsock attachment (`vm add --hybrid-vsock`), and hvsock-vhost, the project's own
+//! device, which serves the VM as its gateway in hvsockd (`vm add` alone). The two runs take
+//! turns (a lock), so that four TCG guests never share the machine's cores.
 //!
 //! It installs what it needs itself (`scripts/nested-vm/setup.sh`, idempotent) and fails, never
 //! skips, if it cannot. Then: the static CLI (`x86_64-unknown-linux-musl`, feature
@@ -24,19 +26,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "nested_vm/harness.rs"]
+mod harness;
 mod support;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, VmId};
-use sha2::{Digest, Sha256};
-use support::{Daemon, Guard, Out, pattern};
+use harness::{
+    Backend, ONE_AT_A_TIME, Vm, accept_by, alive, build_guest_cli, load_env, processes_mentioning,
+    repo, run, sha256, transfer_report, vhost_args,
+};
+use hvsock::{HvListener, ServiceId, SockAddrHv, VmId};
+use support::{Daemon, Guard, pattern};
 
 /// Bytes each way of the bulk transfers.
 const BULK: usize = 16 * 1024 * 1024;
@@ -49,300 +55,19 @@ const DISABLED_PORT: u32 = 5003; // registered, disabled, listened on
 const UNREGISTERED_PORT: u32 = 5004; // listened on, never registered
 const GUEST_PORT: u32 = 6001; // vm1's guest listens
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `cmd` under `timeout(1)` (which also ends it after `secs`, should its guard not) and
-/// returns its output; panics with it on failure.
-fn run(what: &str, secs: u64, cmd: &mut Command) -> Out {
-    let mut wrapped = Command::new("timeout");
-    wrapped
-        .args(["-k", "5", &secs.to_string()])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    let out = support::run(&mut wrapped, b"", Duration::from_secs(secs + 10));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}) after {:.0?}:\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        out.elapsed,
-        out.stdout,
-        out.stderr
-    );
-    eprintln!("nested_vm: {what}: {:.1?}", out.elapsed);
-    out
-}
-
-/// The exports of `setup.sh`'s env.sh.
-fn load_env(cache: &Path) -> BTreeMap<String, String> {
-    let path = cache.join("nested-vm/env.sh");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (setup.sh should have written it)", path.display()));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
-
-/// Builds the static guest CLI with the test-vm-guard, in the tests' profile, under
-/// `<target>/nested-vm`.
-fn build_guest_cli(musl: &str) -> PathBuf {
-    let (profile_dir, profile) = support::test_profile();
-    let target_dir = profile_dir.parent().unwrap().join("nested-vm");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", "hvsock-cli", "--bin", "hvsock"])
-        .args(["--features", "test-vm-guard", "--target", musl])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(repo());
-    let env_profile = match profile.as_str() {
-        "debug" => "DEV".to_owned(),
-        "release" => {
-            cmd.arg("--release");
-            "RELEASE".to_owned()
-        }
-        other => {
-            cmd.args(["--profile", other]);
-            other.to_uppercase().replace('-', "_")
-        }
-    };
-    // A smaller initramfs: no debug info in the guest's copy.
-    cmd.env(format!("CARGO_PROFILE_{env_profile}_DEBUG"), "false")
-        .env(format!("CARGO_PROFILE_{env_profile}_STRIP"), "true");
-    run("building the static guest hvsock (musl)", 1800, &mut cmd);
-    target_dir.join(musl).join(&profile).join("hvsock")
-}
-
-fn sha256(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One guest booted by run-vm.sh in the background; stopped (SIGTERM to run-vm.sh, which
-/// stops QEMU and the device) and reaped when dropped.
-struct Vm {
-    name: &'static str,
-    run: PathBuf,
-    child: Option<Child>,
-    /// Every QEMU / vhost-device-vsock pid seen, to check that none is left.
-    seen_pids: Vec<u32>,
-}
-
-impl Vm {
-    fn boot(
-        name: &'static str,
-        env: &BTreeMap<String, String>,
-        initrd: &Path,
-        run: PathBuf,
-        uds: &Path,
-        cid: u32,
-    ) -> Vm {
-        let script = repo().join("scripts/nested-vm/run-vm.sh");
-        let child = Command::new(script)
-            .arg("--initrd")
-            .arg(initrd)
-            .arg("--run-dir")
-            .arg(&run)
-            .args([
-                "--cid",
-                &cid.to_string(),
-                "--smp",
-                "1",
-                "--timeout",
-                "200",
-                "--guest-status",
-            ])
-            .arg("--uds")
-            .arg(uds)
-            .args(["--append", &format!("hvsock_role={name}")])
-            .envs(env.iter().filter(|(k, _)| k.as_str() == "HVSOCK_CACHE"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(run.with_extension("log")).unwrap())
-            .spawn()
-            .unwrap();
-        Vm {
-            name,
-            run,
-            child: Some(child),
-            seen_pids: Vec::new(),
-        }
-    }
-
-    /// The serial console so far, lines without `\r`.
-    fn serial(&self) -> String {
-        std::fs::read(self.run.join("serial.log"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-            .unwrap_or_default()
-    }
-
-    fn note_pids(&mut self) {
-        for f in ["qemu.pid", "vhost-device-vsock.pid"] {
-            if let Some(pid) = std::fs::read_to_string(self.run.join(f))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                if !self.seen_pids.contains(&pid) {
-                    self.seen_pids.push(pid);
-                }
-            }
-        }
-    }
-
-    /// What run-vm.sh said, and the end of the serial log, for failure messages.
-    fn story(&self) -> String {
-        let log = std::fs::read_to_string(self.run.with_extension("log")).unwrap_or_default();
-        let serial = self.serial();
-        let tail: Vec<&str> = serial.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "--- {} run-vm.sh ---\n{log}\n--- {} serial (last 60 lines) ---\n{}",
-            self.name,
-            self.name,
-            tail.join("\n")
-        )
-    }
-
-    /// Waits for a serial line starting with `prefix`; returns the rest of it.
-    fn line(&mut self, prefix: &str, deadline: Instant) -> String {
-        loop {
-            self.note_pids();
-            let serial = self.serial();
-            // Whole lines only: QEMU may be writing the last one as we read.
-            if let Some(rest) = serial
-                .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n'))
-                .find_map(|l| l.trim_start().strip_prefix(prefix))
-            {
-                return rest.trim().to_owned();
-            }
-            if serial.contains("HVSOCK-GUEST-FAIL") || self.run.join("exit-status").exists() {
-                panic!(
-                    "{} ended or failed before printing {prefix:?}\n{}",
-                    self.name,
-                    self.story()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} printed no {prefix:?} in time\n{}",
-                self.name,
-                self.story()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for run-vm.sh to end and returns its status.
-    fn wait(&mut self, deadline: Instant) -> i32 {
-        loop {
-            self.note_pids();
-            let child = self.child.as_mut().expect("run-vm.sh already reaped");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not power off in time\n{}",
-                self.name,
-                self.story()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_none() {
-            // run-vm.sh stops QEMU and vhost-device-vsock on SIGTERM.
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        if thread::panicking() {
-            eprintln!("{}", self.story());
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-}
-
-/// Every process whose command line mentions `dir` (QEMU, vhost-device-vsock and run-vm.sh
-/// all name the VM's run dir).
-fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            cmdline.contains(&needle).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
-/// Accepts one connection within `deadline` (the listener is non-blocking).
-fn accept_by(l: &HvListener, what: &str, deadline: Instant) -> (HvStream, SockAddrHv) {
-    loop {
-        match l.accept() {
-            Ok((s, peer)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                s.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
-                return (s, peer);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no connection for {what} in time"
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accepting for {what}: {e}"),
-        }
-    }
-}
-
-/// Parses `rc=N HASH LEN ...` (the guest's report of a transfer).
-fn transfer_report(line: &str) -> (i32, String, usize, String) {
-    let mut words = line.splitn(4, ' ');
-    let rc = words
-        .next()
-        .and_then(|w| w.strip_prefix("rc="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1);
-    let hash = words.next().unwrap_or_default().to_owned();
-    let len = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    (rc, hash, len, words.next().unwrap_or_default().to_owned())
+#[test]
+fn real_guests_through_hvsockd_over_hybrid_vsock() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    scenario(Backend::Hybrid);
 }
 
 #[test]
-fn real_guests_through_hvsockd_over_hybrid_vsock() {
+fn real_guests_through_hvsock_vhost() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    scenario(Backend::Vhost);
+}
+
+fn scenario(backend: Backend) {
     let started = Instant::now();
     let cache = std::env::var_os("HVSOCK_CACHE")
         .map(PathBuf::from)
@@ -401,22 +126,15 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
     svc("guestsvc", GUEST_PORT, &[]);
     let uds1 = w.join("vm1.vsock");
     let uds2 = w.join("vm2.vsock");
-    let vm1 = VmId::parse(&hv(&[
-        "vm",
-        "add",
-        "vm1",
-        "--hybrid-vsock",
-        uds1.to_str().unwrap(),
-    ]))
-    .unwrap();
-    let vm2 = VmId::parse(&hv(&[
-        "vm",
-        "add",
-        "vm2",
-        "--hybrid-vsock",
-        uds2.to_str().unwrap(),
-    ]))
-    .unwrap();
+    let add_vm = |name: &str, uds: &Path| {
+        let mut args = vec!["vm", "add", name];
+        if backend == Backend::Hybrid {
+            args.extend(["--hybrid-vsock", uds.to_str().unwrap()]);
+        }
+        VmId::parse(&hv(&args)).unwrap()
+    };
+    let vm1 = add_vm("vm1", &uds1);
+    let vm2 = add_vm("vm2", &uds2);
 
     // Host listeners, bound before the guests boot.
     let listen = |vm: VmId, svc: ServiceId| {
@@ -434,11 +152,13 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
     let is_socket =
         |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
     let port_file = |uds: &Path, port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
-    support::wait_for("the guest ports to open", Duration::from_secs(5), || {
-        is_socket(&port_file(&uds1, BULK_PORT))
-            && is_socket(&port_file(&uds1, COMMON_PORT))
-            && is_socket(&port_file(&uds2, COMMON_PORT))
-    });
+    if backend == Backend::Hybrid {
+        support::wait_for("the guest ports to open", Duration::from_secs(5), || {
+            is_socket(&port_file(&uds1, BULK_PORT))
+                && is_socket(&port_file(&uds1, COMMON_PORT))
+                && is_socket(&port_file(&uds2, COMMON_PORT))
+        });
+    }
     for (uds, port) in [
         (&uds2, BULK_PORT),
         (&uds1, DISABLED_PORT),
@@ -456,8 +176,12 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
     // 4. Both guests at once.
     let vm_started = Instant::now();
     let deadline = vm_started + VM_PHASE;
-    let mut g1 = Vm::boot("vm1", &env, &initrd, w.join("r1"), &uds1, 3);
-    let mut g2 = Vm::boot("vm2", &env, &initrd, w.join("r2"), &uds2, 4);
+    let device = |name: &str| match backend {
+        Backend::Vhost => vhost_args(name, d.dir()),
+        Backend::Hybrid => Vec::new(),
+    };
+    let mut g1 = Vm::boot("vm1", &env, &initrd, w.join("r1"), &uds1, 3, &device("vm1"));
+    let mut g2 = Vm::boot("vm2", &env, &initrd, w.join("r2"), &uds2, 4, &device("vm2"));
 
     // Host side of the echo: two connections, each answered with whom hvsockd says it is.
     let echo = thread::spawn(move || {
@@ -668,7 +392,7 @@ fn real_guests_through_hvsockd_over_hybrid_vsock() {
     drop(d);
     drop(work);
     eprintln!(
-        "nested_vm: both guests booted, checked and powered off in {vm_took:.1?}; whole test {:.1?}",
+        "nested_vm ({backend:?}): both guests booted, checked and powered off in {vm_took:.1?}; whole test {:.1?}",
         started.elapsed()
     );
 }

@@ -533,16 +533,19 @@ fn socket_activation_serves_inherited_sockets_and_they_outlive_restarts() {
     .unwrap();
     listener.accept().unwrap();
 
-    // A clean stop removes what hvsockd made (partition endpoints), never the inherited
-    // sockets: the same host.sock, not a new file.
-    let vm_socket = std::fs::read_dir(dirs.partitions())
+    // A clean stop removes what hvsockd made (partition endpoints, but not their directories,
+    // which sandboxes may have mounted), never the inherited sockets: the same host.sock, not
+    // a new file.
+    let vm_dir = std::fs::read_dir(dirs.partitions())
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.is_dir())
+        .unwrap();
+    let vm_socket = vm_dir.join(hvsock::dirs::ENDPOINT_FILE);
+    assert!(vm_socket.exists(), "{}", vm_socket.display());
     assert_eq!(hvsockd.stop(), Some(0));
     assert!(!vm_socket.exists(), "{}", vm_socket.display());
+    assert!(vm_dir.is_dir(), "{}", vm_dir.display());
     assert!(dirs.admin_socket().exists());
     assert_eq!(
         std::fs::metadata(dirs.host_socket()).unwrap().ino(),
@@ -812,6 +815,48 @@ fn units_for_this_build(dir: &Path) {
 }
 
 #[test]
+fn the_vm_device_unit_verifies_and_stays_hardened() {
+    let dir = tempdir();
+    let text =
+        std::fs::read_to_string(repo().join("packaging/systemd/hvsock-vhost@.service")).unwrap();
+    assert!(text.contains("RestrictAddressFamilies=AF_UNIX\n"));
+    assert!(text.contains("--vm %i --socket /run/hvsock-vhost/%i.sock"));
+    // An instance, as `systemctl start hvsock-vhost@vm1` makes it, with this build's binary.
+    let text = text.replace(
+        "ExecStart=/usr/bin/hvsock-vhost",
+        &format!("ExecStart={}", support::vhost_bin().display()),
+    );
+    std::fs::write(dir.path().join("hvsock-vhost@vm1.service"), text).unwrap();
+    let analyze = require("systemd-analyze");
+    let mut cmd = Command::new(&analyze);
+    cmd.args(["verify", "--man=no", "./hvsock-vhost@vm1.service"])
+        .current_dir(dir.path())
+        .env("SYSTEMD_LOG_LEVEL", "notice");
+    let out = run(cmd);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        out.status,
+        out.stderr
+    );
+    let mut cmd = Command::new(&analyze);
+    cmd.args([
+        "security",
+        "--offline=yes",
+        "--threshold=20",
+        "./hvsock-vhost@vm1.service",
+    ])
+    .current_dir(dir.path());
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
 fn systemd_units_verify_and_stay_hardened() {
     let dir = tempdir();
     units_for_this_build(dir.path());
@@ -887,6 +932,8 @@ fn systemd_units_verify_and_stay_hardened() {
 // The install script
 
 fn install(destdir: &Path, prefix: &str) -> Out {
+    // hvsock-vhost comes from its own build, into the same directory as the others.
+    support::vhost_bin();
     let mut cmd = Command::new(repo().join("scripts/install.sh"));
     cmd.arg("--destdir")
         .arg(destdir)
@@ -905,7 +952,9 @@ fn install_script_stages_the_whole_tree() {
     let expect: &[(&str, u32)] = &[
         ("usr/bin/hvsockd", 0o755),
         ("usr/bin/hvsock", 0o755),
+        ("usr/bin/hvsock-vhost", 0o755),
         ("usr/lib/systemd/system/hvsockd.service", 0o644),
+        ("usr/lib/systemd/system/hvsock-vhost@.service", 0o644),
         ("usr/lib/systemd/system/hvsockd.socket", 0o644),
         ("usr/lib/tmpfiles.d/hvsock.conf", 0o644),
         ("usr/lib/sysusers.d/hvsock.conf", 0o644),
@@ -920,6 +969,7 @@ fn install_script_stages_the_whole_tree() {
         ("usr/share/man/man1/hvsock-connect.1", 0o644),
         ("usr/share/man/man8/hvsockd.8", 0o644),
         ("usr/share/doc/hvsock/operators.md", 0o644),
+        ("usr/share/doc/hvsock/vms.md", 0o644),
     ];
     for (path, want) in expect {
         let path = root.join(path);
@@ -965,6 +1015,17 @@ fn install_script_stages_the_whole_tree() {
     )
     .unwrap();
     assert!(service.contains("\nExecStart=/usr/local/bin/hvsockd --socket-group hvsock\n"));
+    let device = std::fs::read_to_string(
+        dest.path()
+            .join("usr/local/lib/systemd/system/hvsock-vhost@.service"),
+    )
+    .unwrap();
+    assert!(
+        device.contains(
+            "\nExecStart=/usr/local/bin/hvsock-vhost --vm %i --socket /run/hvsock-vhost/%i.sock\n"
+        ),
+        "{device}"
+    );
     assert!(dest.path().join("usr/local/bin/hvsock").exists());
 
     // Bad arguments are refused before anything is written.

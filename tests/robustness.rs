@@ -355,9 +355,12 @@ fn connections_outlive_a_sigkill_and_the_registry_outlives_a_restart() {
     got.clear();
     guest.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"after the crash");
-    // The listener's session died with hvsockd, and says so.
+    // The listener's session died with hvsockd: it tries to bind again for its patience,
+    // then says why it could not (hvsockd is not back: its endpoint refuses).
+    listener.set_rebind_patience(Duration::from_millis(200));
     let err = listener.accept().expect_err("session gone");
-    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains("binding"), "{err}");
 
     d.restart();
     let (_, after) = d.api("GET", "/v1/services", None);
@@ -440,4 +443,65 @@ fn hvsockd_raises_its_open_file_limit_so_one_partition_cannot_starve_the_others(
     let (soft, hard) = (fields[3], fields[4]);
     assert_eq!(soft, hard, "soft limit not raised: {line}");
     assert_ne!(soft, "256", "{line}");
+}
+
+/// A partition that opens 10,000 sessions past its limit: every one is refused and counted in
+/// `/metrics`, but hvsockd's log gets a bounded few lines (the first warnings, then at most a
+/// summary), not one line per refusal.
+#[test]
+fn ten_thousand_refused_sessions_write_a_bounded_few_log_lines() {
+    const ATTEMPTS: u64 = 10_000;
+    let config = support::tempdir("hvsock-flood-test-");
+    let path = config.path().join("hvsockd.toml");
+    std::fs::write(
+        &path,
+        "[limits]\nmax_sessions_per_partition = 4\nhandshake_timeout = \"5min\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", path.to_str().unwrap()]);
+    let hostile = d.add_partition("hostile", None);
+    let endpoint = d.dirs().partition_socket(hostile);
+    // Fill the partition's sessions, then knock 10,000 times.
+    let held: Vec<OwnedFd> = (0..4)
+        .map(|_| connect_endpoint(&endpoint, false).unwrap())
+        .collect();
+    let refused = || {
+        let (_, stats) = d.api("GET", "/v1/stats", None);
+        stats["client_errors"]["hostile"]["too_many_sessions"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    support::wait_for("the held sessions", Duration::from_secs(10), || {
+        d.api("GET", "/v1/partitions/hostile", None).1["sessions"].as_u64() == Some(4)
+    });
+    for _ in 0..ATTEMPTS {
+        drop(connect_endpoint(&endpoint, false).unwrap());
+    }
+    support::wait_for("10,000 refusals counted", Duration::from_secs(60), || {
+        refused() == ATTEMPTS
+    });
+    let (_, metrics) = support::http(&d.dirs().admin_socket(), "GET", "/metrics", None);
+    assert!(
+        metrics.lines().any(|l| l.contains("hostile")
+            && l.contains("too_many_sessions")
+            && l.ends_with(" 10000")),
+        "/metrics does not count 10000 refusals:\n{metrics}"
+    );
+    let log = d.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("hostile"))
+        .collect();
+    let refusals = warnings
+        .iter()
+        .filter(|l| l.contains("refusing a client"))
+        .count();
+    assert_eq!(refusals, 5, "the first five refusals are logged:\n{log}");
+    assert!(
+        warnings.len() <= 6,
+        "{} warning lines for {ATTEMPTS} refusals:\n{}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    drop(held);
 }

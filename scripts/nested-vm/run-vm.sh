@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Boots one test guest under QEMU (TCG) with a vhost-user-vsock device served by vhost-device-vsock,
-# waits for it to power off, and cleans up.
+# Boots one test guest under QEMU (TCG) with a vhost-user-vsock device served by vhost-device-vsock
+# (the default) or by hvsock-vhost, waits for it to power off, and cleans up.
 #
 #   run-vm.sh --initrd FILE [--run-dir DIR] [--cid N] [--uds PATH] [--append 'WORDS']...
 #             [--timeout SECS] [--memory MIB] [--smp N] [--kernel FILE] [--console] [--guest-status]
+#             [--device vhost-device-vsock | --device hvsock-vhost --hvsock-vhost BIN --hvsock-dir DIR --vm NAME]
+#
+#   --device NAME     the vhost-user device: vhost-device-vsock (hybrid vsock at --uds) or hvsock-vhost
+#                     (routes through hvsockd at --hvsock-dir as VM NAME; --uds is not used)
+#   --hvsock-vhost BIN  the hvsock-vhost binary      --hvsock-dir DIR  hvsockd's --dir   --vm NAME  the VM
 #
 #   --initrd FILE     initramfs from mkinitramfs.sh (required)
 #   --run-dir DIR     this VM's dir, created if missing (default: a new /tmp/hvsock-vm.XXXXXX).
@@ -20,7 +25,7 @@
 #   --console         also copy the guest's serial output to stderr as it comes
 #   --guest-status    exit with the status the guest reported (HVSOCK-GUEST-EXIT <n>) instead of QEMU's
 #
-# Env: HVSOCK_VHOST_LOG  RUST_LOG for vhost-device-vsock (default warn: shows its dropped host
+# Env: HVSOCK_VHOST_LOG  RUST_LOG for the device (default warn: shows its dropped host
 #      connections, "Error while parsing "connect PORT\n" command: WouldBlock")
 #
 # Exit status: 0 the guest powered off (and, with --guest-status, reported 0); with --guest-status the
@@ -33,8 +38,8 @@
 #   vhost.sock          vhost-user socket between QEMU and vhost-device-vsock
 #   serial.log          the guest's console (ttyS0); lines end in \r\n. Markers: HVSOCK-GUEST-BOOTED,
 #                       HVSOCK-GUEST-READY, HVSOCK-GUEST-FAIL <why>, HVSOCK-GUEST-EXIT <status>
-#   qemu.log, vhost-device-vsock.log   their stdout+stderr
-#   qemu.pid, vhost-device-vsock.pid   their PIDs while they run
+#   qemu.log, DEVICE.log   their stdout+stderr (DEVICE: vhost-device-vsock or hvsock-vhost)
+#   qemu.pid, DEVICE.pid   their PIDs while they run
 #   uds-path            the hybrid-vsock socket path (one line)
 #   state               starting | running | stopping | done
 #   qemu-status, guest-status          QEMU's exit status; the guest's reported status (if any)
@@ -53,6 +58,7 @@ usage() {
 }
 
 initrd="" run="" cid=3 uds="" timeout_s=120 memory=512 smp=2 kernel="" console=0 guest_status_mode=0
+device=vhost-device-vsock hvsock_vhost="" hvsock_dir="" vm_name=""
 appends=()
 while (($#)); do
     case "$1" in
@@ -67,6 +73,10 @@ while (($#)); do
     --kernel) kernel="${2:?}"; shift 2 ;;
     --console) console=1; shift ;;
     --guest-status) guest_status_mode=1; shift ;;
+    --device) device="${2:?}"; shift 2 ;;
+    --hvsock-vhost) hvsock_vhost="${2:?}"; shift 2 ;;
+    --hvsock-dir) hvsock_dir="${2:?}"; shift 2 ;;
+    --vm) vm_name="${2:?}"; shift 2 ;;
     -h | --help) usage 0 ;;
     *) nv_warn "unknown argument: $1"; usage ;;
     esac
@@ -84,6 +94,15 @@ int_at_least "$cid" 3 && ((cid < 4294967295)) || fail_start "--cid $cid: must be
 int_at_least "$timeout_s" 1 || fail_start "--timeout $timeout_s: must be a positive integer"
 int_at_least "$memory" 64 || fail_start "--memory $memory: MiB, at least 64"
 int_at_least "$smp" 1 || fail_start "--smp $smp: must be >= 1"
+case "$device" in
+vhost-device-vsock) ;;
+hvsock-vhost)
+    [[ -x "$hvsock_vhost" ]] || fail_start "--device hvsock-vhost needs --hvsock-vhost BIN (an executable)"
+    [[ -d "$hvsock_dir" ]] || fail_start "--device hvsock-vhost needs --hvsock-dir DIR (hvsockd's directory)"
+    [[ -n "$vm_name" ]] || fail_start "--device hvsock-vhost needs --vm NAME (registered with hvsock vm add NAME)"
+    ;;
+*) fail_start "--device $device: vhost-device-vsock or hvsock-vhost" ;;
+esac
 for w in "${appends[@]}"; do
     [[ "$w" != *"'"* ]] || fail_start "--append '$w': no single quotes please"
 done
@@ -108,9 +127,9 @@ mkdir -p "$(dirname "$uds")"
 # One run-vm.sh per run dir. The lock is inherited by QEMU and the device, so it stays held while
 # they live even if this script is SIGKILLed.
 exec 9>"$run/.lock"
-flock -n 9 || fail_start "run dir $run is in use by another run-vm.sh (or its leftover QEMU / vhost-device-vsock)"
+flock -n 9 || fail_start "run dir $run is in use by another run-vm.sh (or its leftover QEMU / device)"
 
-rm -f "$run"/{serial.log,qemu.log,vhost-device-vsock.log,qemu.pid,vhost-device-vsock.pid,state,qemu-status,guest-status,exit-status,vhost.sock}
+rm -f "$run"/{serial.log,qemu.log,vhost-device-vsock.log,hvsock-vhost.log,qemu.pid,vhost-device-vsock.pid,hvsock-vhost.pid,state,qemu-status,guest-status,exit-status,vhost.sock}
 [[ -S "$uds" ]] && rm -f "$uds"
 echo $$ >"$run/run-vm.pid"
 echo "$uds" >"$run/uds-path"
@@ -147,10 +166,10 @@ cleanup() {
     trap - EXIT INT TERM
     set_state stopping 2>/dev/null || true
     stop_pid "$qemu_pid" qemu
-    stop_pid "$vhost_pid" vhost-device-vsock
+    stop_pid "$vhost_pid" "$device"
     if [[ -n "$tail_pid" ]]; then kill "$tail_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
-    rm -f "$run/qemu.pid" "$run/vhost-device-vsock.pid" "$run/vhost.sock"
+    rm -f "$run/qemu.pid" "$run/$device.pid" "$run/vhost.sock"
     [[ -S "$uds" ]] && rm -f "$uds"
     set_state "done" 2>/dev/null || true
     echo "$result" >"$run/exit-status.tmp" && mv "$run/exit-status.tmp" "$run/exit-status"
@@ -166,21 +185,31 @@ serial_tail() {
     echo "----" >&2
 }
 
-# ---- vhost-device-vsock (never --forward-cid/--forward-listen: they would use this machine's vsock)
-RUST_LOG="${HVSOCK_VHOST_LOG:-warn}" timeout -k 5 "$((hard_bound + 10))" "$VHOST_DEVICE_VSOCK" --guest-cid "$cid" --socket "$run/vhost.sock" --uds-path "$uds" \
-    </dev/null >"$run/vhost-device-vsock.log" 2>&1 &
-vhost_pid=$!
+# ---- the device
+if [[ "$device" == vhost-device-vsock ]]; then
+    # Never --forward-cid/--forward-listen: they would use this machine's vsock.
+    RUST_LOG="${HVSOCK_VHOST_LOG:-warn}" timeout -k 5 "$((hard_bound + 10))" "$VHOST_DEVICE_VSOCK" --guest-cid "$cid" --socket "$run/vhost.sock" --uds-path "$uds" \
+        </dev/null >"$run/vhost-device-vsock.log" 2>&1 &
+    vhost_pid=$!
+    want=("$run/vhost.sock" "$uds")
+else
+    RUST_LOG="${HVSOCK_VHOST_LOG:-info}" timeout -k 5 "$((hard_bound + 10))" "$hvsock_vhost" --dir "$hvsock_dir" --vm "$vm_name" --guest-cid "$cid" --socket "$run/vhost.sock" \
+        </dev/null >"$run/hvsock-vhost.log" 2>&1 &
+    vhost_pid=$!
+    want=("$run/vhost.sock")
+fi
+have_sockets() { local f; for f in "${want[@]}"; do [[ -S "$f" ]] || return 1; done; }
 for ((i = 0; i < 100; i++)); do
-    [[ -S "$run/vhost.sock" && -S "$uds" ]] && break
+    have_sockets && break
     alive "$vhost_pid" || break
     sleep 0.1
 done
-if ! [[ -S "$run/vhost.sock" && -S "$uds" ]]; then
+if ! have_sockets; then
     result=125
-    cat "$run/vhost-device-vsock.log" >&2 || true
-    fail_start "vhost-device-vsock did not create $run/vhost.sock and $uds within 10 s (log above)"
+    cat "$run/$device.log" >&2 || true
+    fail_start "$device did not create ${want[*]} within 10 s (log above)"
 fi
-pgrep -P "$vhost_pid" >"$run/vhost-device-vsock.pid" 2>/dev/null || true
+pgrep -P "$vhost_pid" >"$run/$device.pid" 2>/dev/null || true
 
 # ---- QEMU
 fw=()
@@ -211,13 +240,13 @@ deadline=$((start + timeout_s))
 while alive "$qemu_pid"; do
     if ((SECONDS >= deadline)); then
         result=124
-        printf '%s: error: the VM (cid %s, run dir %s) did not power off within %s s; killing QEMU and vhost-device-vsock\n' \
+        printf '%s: error: the VM (cid %s, run dir %s) did not power off within %s s; killing QEMU and the device\n' \
             "$NV_PROG" "$cid" "$run" "$timeout_s" >&2
         serial_tail 30
         exit 124
     fi
-    if ! alive "$vhost_pid"; then
-        nv_warn "vhost-device-vsock exited while the VM runs (see $run/vhost-device-vsock.log)"
+    if [[ -n "$vhost_pid" ]] && ! alive "$vhost_pid"; then
+        nv_warn "$device exited while the VM runs (see $run/$device.log)"
         vhost_pid=""
     fi
     sleep 0.2

@@ -97,3 +97,11 @@ pub fn examples_dir() -> &'static Path {
 pub fn example(name: &str) -> PathBuf {
     examples_dir().join(name)
 }
+
+/// Builds `hvsock-vhost` (once per process) like [`bins`] and returns its path.
+pub fn vhost_bin() -> &'static Path {
+    static VHOST: OnceLock<PathBuf> = OnceLock::new();
+    VHOST.get_or_init(|| {
+        cargo_build(&["--bins", "-p", "hvsock-vhost"], "hvsock-vhost").join("hvsock-vhost")
+    })
+}

@@ -19,6 +19,7 @@ pub struct Daemon {
     process: Option<Guard>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    binary: PathBuf,
 }
 
 impl Daemon {
@@ -42,11 +43,17 @@ impl Daemon {
 
     /// Starts hvsockd on a new temp dir with extra arguments.
     pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::start_binary(&bins().hvsockd, args)
+    }
+
+    /// Starts the hvsockd binary at `binary` (e.g. a copy a test replaces) on a new temp dir.
+    pub fn start_binary(binary: &Path, args: &[&str]) -> Daemon {
         let dir = tempdir("hvsock-test-");
         let mut daemon = Daemon {
             process: None,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
+            binary: binary.to_owned(),
         };
         daemon.spawn();
         daemon
@@ -62,7 +69,7 @@ impl Daemon {
         let admin = self.dirs().admin_socket();
         let _ = std::fs::remove_file(&admin);
         let process = Guard::spawn(
-            Command::new(&bins().hvsockd)
+            Command::new(&self.binary)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .args(&self.args)
@@ -130,6 +137,11 @@ impl Daemon {
     /// Whether hvsockd is still running.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(Guard::is_running)
+    }
+
+    /// Sends `signal` to hvsockd.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        self.process.as_ref().unwrap().signal(signal);
     }
 
     /// Kills hvsockd with SIGKILL and waits for it.

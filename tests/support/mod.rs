@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
-pub use build::{Bins, agent_bin, bins, example, examples_dir, test_profile};
+pub use build::{Bins, agent_bin, bins, example, examples_dir, test_profile, vhost_bin};
 #[allow(unused_imports)]
 pub use daemon::{Daemon, http, hv};
 #[allow(unused_imports)]

@@ -22,6 +22,12 @@
 //! `Incoming` frame with one file descriptor per connection, and answers each with `Ack`, which
 //! frees a backlog slot. Closing the listener session unbinds the listener.
 //!
+//! A VM's device process (`hvsock-vhost`) sends `Gateway` on its VM's partition endpoint and gets
+//! `Bound` (its partition's id, service zero) or `Error`: the session is then that VM's gateway.
+//! It sends `Connect` for the guest's connects like any connector, and hvsockd sends it
+//! `GuestConnect` with one file descriptor (the host end to splice) for each host-to-guest
+//! connect; the device answers `Accepted` once the guest accepted, or `Rejected` with a code.
+//!
 //! Addresses travel as [`WireAddr`]: two GUIDs of 16 bytes each, in RFC 4122 (string) byte order.
 //! Decoding checks the length first, then the header, then the body, each with its own error.
 
@@ -214,6 +220,33 @@ pub enum Frame {
         /// The connector's address.
         peer: WireAddr,
     },
+    /// Device: make this session its VM's gateway (the device answers host-to-guest connects).
+    Gateway {
+        /// Request id, echoed in the answer (`Bound` or `Error`).
+        req: u32,
+    },
+    /// Device: the guest accepted the `GuestConnect` `req`.
+    Accepted {
+        /// The `GuestConnect` answered.
+        req: u32,
+    },
+    /// Device: the guest (or the device) refused the `GuestConnect` `req`.
+    Rejected {
+        /// The `GuestConnect` answered.
+        req: u32,
+        /// Why.
+        code: ErrorCode,
+        /// What a person should read.
+        message: String,
+    },
+    /// hvsockd, to a gateway: open a connection to vsock `port` in the guest; carries the host
+    /// end of the connection, to splice to the guest's.
+    GuestConnect {
+        /// Request id, echoed in `Accepted` / `Rejected`.
+        req: u32,
+        /// The guest's vsock port.
+        port: u32,
+    },
     /// hvsockd: the request failed.
     Error {
         /// The request answered (0 if the session as a whole failed).
@@ -228,10 +261,14 @@ pub enum Frame {
 const KIND_CONNECT: u8 = 1;
 const KIND_BIND: u8 = 2;
 const KIND_ACK: u8 = 3;
+const KIND_GATEWAY: u8 = 4;
+const KIND_ACCEPTED: u8 = 5;
+const KIND_REJECTED: u8 = 6;
 const KIND_CONNECTED: u8 = 0x81;
 const KIND_BOUND: u8 = 0x82;
 const KIND_INCOMING: u8 = 0x83;
 const KIND_ERROR: u8 = 0x84;
+const KIND_GUEST_CONNECT: u8 = 0x85;
 
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -277,12 +314,19 @@ impl Frame {
             Frame::Bound { .. } => "Bound",
             Frame::Incoming { .. } => "Incoming",
             Frame::Error { .. } => "Error",
+            Frame::Gateway { .. } => "Gateway",
+            Frame::Accepted { .. } => "Accepted",
+            Frame::Rejected { .. } => "Rejected",
+            Frame::GuestConnect { .. } => "GuestConnect",
         }
     }
 
     /// Whether this kind of frame carries exactly one file descriptor (and no other kind does).
     pub fn carries_fd(&self) -> bool {
-        matches!(self, Frame::Connected { .. } | Frame::Incoming { .. })
+        matches!(
+            self,
+            Frame::Connected { .. } | Frame::Incoming { .. } | Frame::GuestConnect { .. }
+        )
     }
 
     /// Encodes the frame. Error messages longer than [`MAX_MESSAGE`] are cut at a character
@@ -296,6 +340,10 @@ impl Frame {
             Frame::Bound { req, .. } => (KIND_BOUND, *req),
             Frame::Incoming { .. } => (KIND_INCOMING, 0),
             Frame::Error { req, .. } => (KIND_ERROR, *req),
+            Frame::Gateway { req } => (KIND_GATEWAY, *req),
+            Frame::Accepted { req } => (KIND_ACCEPTED, *req),
+            Frame::Rejected { req, .. } => (KIND_REJECTED, *req),
+            Frame::GuestConnect { req, .. } => (KIND_GUEST_CONNECT, *req),
         };
         let mut out = Vec::with_capacity(HEADER_LEN + 64);
         out.extend_from_slice(&MAGIC);
@@ -325,7 +373,9 @@ impl Frame {
                 addr(&mut out, peer);
             }
             Frame::Bound { local, .. } => addr(&mut out, local),
-            Frame::Error { code, message, .. } => {
+            Frame::Gateway { .. } | Frame::Accepted { .. } => {}
+            Frame::GuestConnect { port, .. } => out.extend_from_slice(&port.to_le_bytes()),
+            Frame::Error { code, message, .. } | Frame::Rejected { code, message, .. } => {
                 out.extend_from_slice(&code.to_u16().to_le_bytes());
                 let mut end = message.len().min(MAX_MESSAGE);
                 while !message.is_char_boundary(end) {
@@ -416,10 +466,15 @@ impl Frame {
                     peer: addr_at(32),
                 }
             }
-            KIND_ERROR => {
+            KIND_ERROR | KIND_REJECTED => {
+                let name = if kind == KIND_ERROR {
+                    "Error"
+                } else {
+                    "Rejected"
+                };
                 if body.len() < 2 {
                     return Err(DecodeError::BodyLength {
-                        kind: "Error",
+                        kind: name,
                         expected: 2,
                         got: body.len(),
                     });
@@ -428,7 +483,26 @@ impl Frame {
                 let message = std::str::from_utf8(&body[2..])
                     .map_err(|_| DecodeError::Utf8)?
                     .to_owned();
-                Frame::Error { req, code, message }
+                if kind == KIND_ERROR {
+                    Frame::Error { req, code, message }
+                } else {
+                    Frame::Rejected { req, code, message }
+                }
+            }
+            KIND_GATEWAY => {
+                expect("Gateway", 0)?;
+                Frame::Gateway { req }
+            }
+            KIND_ACCEPTED => {
+                expect("Accepted", 0)?;
+                Frame::Accepted { req }
+            }
+            KIND_GUEST_CONNECT => {
+                expect("GuestConnect", 4)?;
+                Frame::GuestConnect {
+                    req,
+                    port: u32_at(0),
+                }
             }
             other => return Err(DecodeError::Kind(other)),
         })
@@ -483,7 +557,58 @@ mod tests {
                 code: ErrorCode::Other(999),
                 message: String::new(),
             },
+            Frame::Gateway { req: 11 },
+            Frame::Accepted { req: 12 },
+            Frame::Rejected {
+                req: 13,
+                code: ErrorCode::Refused,
+                message: "nothing listens on vsock port 5000 in the guest".into(),
+            },
+            Frame::GuestConnect {
+                req: 14,
+                port: 5000,
+            },
         ]
+    }
+
+    #[test]
+    fn device_kinds_have_their_reserved_values_and_sizes() {
+        let gc = Frame::GuestConnect {
+            req: 1,
+            port: 0x0102_0304,
+        }
+        .encode();
+        assert_eq!(gc[3], 0x85);
+        assert_eq!(gc.len(), HEADER_LEN + 4);
+        assert_eq!(&gc[8..12], &[4, 3, 2, 1]);
+        assert_eq!(Frame::Gateway { req: 1 }.encode()[3], 0x04);
+        assert_eq!(Frame::Accepted { req: 1 }.encode()[3], 0x05);
+        let mut rejected = Frame::Rejected {
+            req: 1,
+            code: ErrorCode::Refused,
+            message: String::new(),
+        }
+        .encode();
+        assert_eq!(rejected[3], 0x06);
+        rejected.truncate(HEADER_LEN + 1);
+        assert!(matches!(
+            Frame::decode(&rejected),
+            Err(DecodeError::BodyLength {
+                kind: "Rejected",
+                ..
+            })
+        ));
+        let mut gateway = Frame::Gateway { req: 1 }.encode();
+        gateway.push(0);
+        assert!(matches!(
+            Frame::decode(&gateway),
+            Err(DecodeError::BodyLength {
+                kind: "Gateway",
+                ..
+            })
+        ));
+        assert!(Frame::GuestConnect { req: 0, port: 0 }.carries_fd());
+        assert!(!Frame::Accepted { req: 0 }.carries_fd());
     }
 
     #[test]

@@ -1,9 +1,24 @@
 //! Where hvsockd keeps its registry and sockets, shared by the daemon, the CLI and the library.
 //!
 //! With `--dir DIR` (or `HVSOCK_DIR`) everything is under DIR: `DIR/registry.db`,
-//! `DIR/host.sock`, `DIR/admin.sock`, `DIR/partitions/<vmid>.sock`. Without it, root uses
+//! `DIR/host.sock`, `DIR/admin.sock`, and for each sandbox partition a directory of its own,
+//! `DIR/partitions/<vmid>/`, holding its endpoint `endpoint.sock`. Without it, root uses
 //! `/var/lib/hvsock` for state and `/run/hvsock` for sockets; other users use
 //! `$XDG_STATE_HOME/hvsock` (default `~/.local/state/hvsock`) and `$XDG_RUNTIME_DIR/hvsock`.
+//!
+//! # Partition directories
+//!
+//! A sandbox is given its endpoint by bind-mounting its partition's *directory* (read-only is
+//! fine), not the socket file: hvsockd creates the socket anew when it restarts, and a bind
+//! mount of a file keeps pointing at the old, dead socket, while a mounted directory shows
+//! whatever the directory holds now. Mounted at the sandbox's `/run/hvsock`, the library
+//! inside finds `/run/hvsock/endpoint.sock` by itself (see
+//! [`default_endpoint`](crate::transport::default_endpoint)).
+//!
+//! The old path `DIR/partitions/<vmid>.sock` still works: hvsockd keeps it as a symbolic link
+//! to `<vmid>/endpoint.sock`, so programs and configurations that name it keep connecting.
+//! A bind mount of that old path, though, resolves the link when it is made and pins that
+//! socket: it breaks at the next restart, which the directory mount does not.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,6 +27,11 @@ use crate::guid::VmId;
 
 /// The environment variable that names the directory, like `--dir`.
 pub const ENV_DIR: &str = "HVSOCK_DIR";
+
+/// The name of a partition's endpoint in its directory (`partitions/<vmid>/endpoint.sock`),
+/// and the name the library looks for when no `host.sock` is there (a partition directory
+/// mounted in a sandbox).
+pub const ENDPOINT_FILE: &str = "endpoint.sock";
 
 /// The state directory (registry) and the runtime directory (sockets) of one hvsockd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +119,19 @@ impl Dirs {
         self.run.join("partitions")
     }
 
-    /// The endpoint of one partition.
+    /// The directory of one partition: what to bind-mount into its sandbox.
+    pub fn partition_dir(&self, vm: VmId) -> PathBuf {
+        self.partitions().join(vm.to_string())
+    }
+
+    /// The endpoint of one partition, `partitions/<vmid>/endpoint.sock`.
     pub fn partition_socket(&self, vm: VmId) -> PathBuf {
+        self.partition_dir(vm).join(ENDPOINT_FILE)
+    }
+
+    /// The endpoint's old path, `partitions/<vmid>.sock`: a symbolic link to
+    /// [`partition_socket`](Dirs::partition_socket), kept for setups that name it.
+    pub fn legacy_partition_socket(&self, vm: VmId) -> PathBuf {
         self.partitions().join(format!("{vm}.sock"))
     }
 
@@ -132,6 +163,14 @@ mod tests {
         assert_eq!(dirs.admin_socket(), Path::new("/tmp/demo/admin.sock"));
         assert_eq!(
             dirs.partition_socket(VmId::LOOPBACK),
+            Path::new("/tmp/demo/partitions/e0e16197-dd56-4a10-9195-5ee7a155a838/endpoint.sock")
+        );
+        assert_eq!(
+            dirs.partition_dir(VmId::LOOPBACK),
+            Path::new("/tmp/demo/partitions/e0e16197-dd56-4a10-9195-5ee7a155a838")
+        );
+        assert_eq!(
+            dirs.legacy_partition_socket(VmId::LOOPBACK),
             Path::new("/tmp/demo/partitions/e0e16197-dd56-4a10-9195-5ee7a155a838.sock")
         );
         assert_eq!(

@@ -3,8 +3,10 @@
 //! The transport is always chosen explicitly, never guessed:
 //!
 //! - [`Transport::Provider`] (the default on Unix): through hvsockd's endpoint socket. The
-//!   endpoint is `HVSOCK_ENDPOINT` if set, else `host.sock` in `HVSOCK_DIR`, else in the
-//!   default runtime directory (see [`crate::dirs`]).
+//!   endpoint is `HVSOCK_ENDPOINT` if set (a socket, or a partition directory holding
+//!   `endpoint.sock`), else `host.sock` in `HVSOCK_DIR` or the default runtime directory, or
+//!   `endpoint.sock` there when there is no `host.sock` (a partition directory bind-mounted
+//!   at a sandbox's `/run/hvsock`; see [`crate::dirs`]).
 //! - [`Transport::Vsock`]: plain `AF_VSOCK`, inside a Linux guest, only when asked for with
 //!   `HVSOCK_TRANSPORT=vsock` or through this API. The crate never falls back to it. No daemon
 //!   runs in the guest: connect to PARENT or ZERO reaches the host (CID 2, where hvsockd
@@ -22,7 +24,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::dirs::Dirs;
+use crate::dirs::{Dirs, ENDPOINT_FILE};
 
 /// The environment variable that chooses the transport: `provider` (default on Unix), `vsock`
 /// or `hyperv` (default on Windows).
@@ -92,10 +94,31 @@ impl Transport {
     }
 }
 
-/// `HVSOCK_ENDPOINT`, else `host.sock` under `HVSOCK_DIR` or the default runtime directory.
+/// The endpoint the environment names:
+///
+/// - `HVSOCK_ENDPOINT` if set; if it names a directory (a partition directory), the
+///   `endpoint.sock` in it;
+/// - else `host.sock` under `HVSOCK_DIR` or the default runtime directory; if that does not
+///   exist but an `endpoint.sock` does (a partition directory mounted there, as a sandbox
+///   gets it), that one.
 pub fn default_endpoint() -> io::Result<PathBuf> {
     if let Some(path) = std::env::var_os(ENV_ENDPOINT).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if path.is_dir() {
+            return Ok(path.join(ENDPOINT_FILE));
+        }
+        return Ok(path);
     }
-    Ok(Dirs::resolve(None)?.host_socket())
+    let dirs = Dirs::resolve(None)?;
+    let host = dirs.host_socket();
+    let partition = dirs.run.join(ENDPOINT_FILE);
+    if !exists(&host) && exists(&partition) {
+        return Ok(partition);
+    }
+    Ok(host)
+}
+
+/// Whether anything (a socket, a link) is at `path`.
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }

@@ -2,9 +2,13 @@
 //! limit, the runtime, the service manager's readiness protocol, signals, `--check`, `--man`
 //! and `--completions`; the serving itself is [`Server`]'s.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use crate::config::{self, Config, LogFormat, Overrides};
+use crate::handover::{Holder, reexec};
 use crate::server::{ServeError, Server};
 use crate::sys;
 use crate::sys::activation::{ActivationError, ListenFds, Notifier};
@@ -72,9 +76,12 @@ pub fn main(
         }
     };
     let notifier = Notifier::from_env();
+    // Where the binary is now: SIGUSR2 executes what is there then.
+    let exe = reexec::own_path();
     let result = runtime.block_on(async {
         let signalled = shutdown_signal();
         let server = Server::bind_with(config, listen_fds).await?;
+        tokio::spawn(upgrade_on_usr2(server.holder().clone(), exe));
         notify(notifier.as_ref(), "READY=1\nSTATUS=serving");
         server
             .run(async {
@@ -123,6 +130,55 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = int.recv() => tracing::info!("SIGINT received"),
             _ = term.recv() => tracing::info!("SIGTERM received"),
         }
+    }
+}
+
+/// On every `SIGUSR2`: checks the binary at `exe`, then executes it in place with every socket
+/// `holder` holds (see [`crate::handover::reexec`]); if either fails, logs why and serves on.
+async fn upgrade_on_usr2(holder: Arc<Holder>, exe: std::io::Result<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr2 = match signal(SignalKind::user_defined2()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGUSR2 (upgrade in place): {e}");
+            return;
+        }
+    };
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    while usr2.recv().await.is_some() {
+        let path = match &exe {
+            Ok(path) => path.clone(),
+            Err(e) => {
+                tracing::error!(
+                    "SIGUSR2: upgrade refused: the path of hvsockd's binary is unknown ({e}); hvsockd keeps serving"
+                );
+                continue;
+            }
+        };
+        tracing::info!(binary = %path.display(), sockets = holder.len(), "SIGUSR2: upgrading in place");
+        let checked = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || reexec::check(&path)).await
+        };
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("SIGUSR2: upgrade refused: {e}; hvsockd keeps serving");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "SIGUSR2: upgrade refused: the check failed: {e}; hvsockd keeps serving"
+                );
+                continue;
+            }
+        }
+        // Let the tasks that are ready (answers on their way out) finish first.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        let e = reexec::exec(&holder, &path, &args);
+        tracing::error!("SIGUSR2: upgrade failed: {e}; hvsockd keeps serving");
     }
 }
 

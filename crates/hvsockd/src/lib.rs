@@ -23,8 +23,10 @@
 //!   follows from a change;
 //! - [`reconcile`]: what follows from the world (endpoints, VM guest ports), brought in line
 //!   on every change by one task that watches the world's change signal;
-//! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>.sock`) and their
+//! - [`endpoint`]: the endpoint sockets (`host.sock`, `partitions/<vmid>/endpoint.sock`) and their
 //!   accept loops; a client's partition is the endpoint it came through;
+//! - [`handover`]: continuity: every socket hvsockd holds, named with its state, kept in the
+//!   service manager's descriptor store and handed to a new hvsockd on `SIGUSR2`;
 //! - [`session`]: one client's control connection, a state machine over `hvsock-proto` frames
 //!   behind a small frame-I/O trait;
 //! - [`attach`]: VM attachments over hybrid vsock: the host-to-guest handshake (a state
@@ -49,6 +51,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod endpoint;
+pub mod handover;
 pub mod listeners;
 pub mod manual;
 pub mod metrics;

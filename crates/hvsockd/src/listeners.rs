@@ -153,6 +153,12 @@ impl Listener {
         (q.outstanding, q.waiting.len())
     }
 
+    /// Counts `n` connections as delivered and not yet acknowledged: those an hvsockd before
+    /// a restart had delivered (see [`crate::handover`]).
+    pub fn restore_outstanding(&self, n: u32) {
+        self.queue().outstanding = n;
+    }
+
     /// Offers a connection from `peer` reaching this listener as `local`.
     pub fn offer(&self, local: WireAddr, peer: WireAddr, conn: Conn) -> Offer {
         let mut q = self.queue();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use hvsockd::config::{LogFormat, Overrides};
 use hvsockd::daemon::{self, Action};
+use hvsockd::handover::{intake, reexec};
 use hvsockd::sys::activation;
 
 /// The hvsock provider: routes Hyper-V socket connections between the host, its sandboxes
@@ -56,6 +57,10 @@ struct Args {
     /// Print the manual page (hvsockd.8, roff) and exit.
     #[arg(long, help_heading = "Packaging")]
     man: bool,
+    /// Print the format in which this hvsockd takes sockets over (SIGUSR2, descriptor store)
+    /// and exit: a running hvsockd asks its new binary this before it executes it.
+    #[arg(long, help_heading = "Packaging")]
+    handover_version: bool,
 }
 
 fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
@@ -83,7 +88,21 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     // SAFETY: first thing in main: one thread, and nothing owns descriptors 3 and up yet.
     let listen_fds = unsafe { activation::take_listen_fds() };
+    // SAFETY: still one thread, and the hand-over's descriptors are distinct from the above.
+    let handed = unsafe { intake::take_handed_over() };
+    let listen_fds = listen_fds.map(|fds| {
+        let mut fds = fds.into_fds();
+        match handed {
+            Ok(handed) => fds.extend(handed),
+            Err(e) => eprintln!("hvsockd: not resuming the sockets handed over: {e}"),
+        }
+        activation::ListenFds::from_fds(fds)
+    });
     let args = Args::parse();
+    if args.handover_version {
+        println!("{}", reexec::format_version());
+        return ExitCode::SUCCESS;
+    }
     let action = match (args.completions, args.man, args.check) {
         (Some(shell), _, _) => Action::Completions(shell),
         (None, true, _) => Action::Man,

@@ -36,9 +36,12 @@ const SECTIONS: &[Section] = &[
                  0600: the owner only.",
             ),
             (
-                "/run/hvsock/partitions/VMID.sock",
-                "The endpoint of a sandbox partition, created when the partition is added: \
-                 bind-mount it into the sandbox. The partitions directory is mode 0700.",
+                "/run/hvsock/partitions/VMID/endpoint.sock",
+                "The endpoint of a sandbox partition, created when the partition is added, in \
+                 the partition's own directory: bind-mount the directory (read-only is fine) \
+                 into the sandbox, which then keeps reaching hvsockd across restarts. \
+                 /run/hvsock/partitions/VMID.sock is a link to it, for older setups. The \
+                 partitions directory is mode 0700.",
             ),
             (
                 "/run/hvsock/hvsockd.lock",

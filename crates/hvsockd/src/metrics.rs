@@ -67,10 +67,13 @@ struct Inner {
     client_errors: HashMap<(VmId, &'static str), u64>,
 }
 
-/// The counters of one hvsockd.
+pub mod warnings;
+
+/// The counters of one hvsockd, and the limiter of the warnings its partitions cause.
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    warnings: warnings::Warnings,
 }
 
 pub use hvsock_api::{BindRefusals, ConnectStats, ListenerCount, Stats};
@@ -107,6 +110,17 @@ impl Metrics {
             .refused
             .entry((from, service, reason))
             .or_default() += 1;
+    }
+
+    /// Whether to log a warning about `partition` for `reason` now ([`warnings`]: the first
+    /// few of each minute, then a count). Counters are kept apart and count every event.
+    pub fn warn_allowed(
+        &self,
+        partition: VmId,
+        reason: &'static str,
+        label: impl FnOnce() -> String,
+    ) -> bool {
+        self.warnings.allow(partition, reason, label)
     }
 
     /// A client of `partition` was dropped for `reason`.

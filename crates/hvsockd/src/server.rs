@@ -13,7 +13,10 @@
 //! [`Server::run`] serves until the shutdown future resolves, then removes its sockets.
 //! Established connections are kernel sockets that hvsockd never held, so they outlive it.
 //! [`Server::bind_with`] takes the listening sockets of socket activation (see
-//! [`activation`]): those it serves instead of binding its own, and never removes.
+//! [`activation`]): those it serves instead of binding its own, and never removes; and the
+//! sockets an hvsockd before it kept (see [`crate::handover`]): those it resumes before it
+//! serves anything. With a service manager's descriptor store, [`Server::run`] leaves every
+//! socket open and in the store when it stops, for the next start.
 
 use std::fs::File;
 use std::future::Future;
@@ -34,6 +37,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, Control, StartError};
 use crate::endpoint::{self, Endpoints, HOST_SOCKET_MODE, SocketFile};
+use crate::handover::{FdStore, Hold, Holder, Kept, intake};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::registry::RegistryError;
@@ -128,6 +132,8 @@ pub struct Server {
     admin: tokio::net::UnixListener,
     admin_tcp: Option<(tokio::net::TcpListener, String)>,
     admin_file: SocketFile,
+    holder: Arc<Holder>,
+    _admin_hold: Hold,
     _lock: File,
 }
 
@@ -162,7 +168,12 @@ impl Server {
     /// [`Server::bind`], serving the sockets of socket activation (`host`, `admin`) instead of
     /// binding those.
     pub async fn bind_with(config: Config, listen_fds: ListenFds) -> Result<Server, ServeError> {
-        let inherited = activation::classify(listen_fds)?;
+        let (resumed, activated) = intake::sort(listen_fds.into_fds());
+        let inherited = activation::classify(ListenFds::from_fds(activated))?;
+        let store = FdStore::from_env().map_err(|source| ServeError::Socket {
+            what: "service manager's descriptor store (FDSTORE)".into(),
+            source,
+        })?;
         let group = match &config.socket_group {
             None => None,
             Some(name) => {
@@ -180,11 +191,39 @@ impl Server {
         let lock = take_lock(&dirs)?;
         create_dir(&dirs.partitions(), 0o700)?;
         let _ = std::fs::set_permissions(dirs.partitions(), std::fs::Permissions::from_mode(0o700));
-        let (registry, world) = control::open(&dirs, &config.declared)?;
+        let kept_ports = resumed.guest_ports.keys().copied().collect();
+        let (registry, world) = control::open(&dirs, &config.declared, &kept_ports)?;
         let root = world.root();
         let world = world::Shared::new(world);
         let metrics = Arc::new(Metrics::default());
         let broker = Arc::new(Broker::new(world.clone(), metrics.clone()));
+        let holder = broker.holder().clone();
+        if let Some(store) = store {
+            tracing::info!(
+                max = store.max,
+                "keeping every socket in the service manager's descriptor store"
+            );
+            holder.use_store(store);
+        }
+        if !resumed.is_empty() {
+            tracing::info!(
+                sockets = resumed.len(),
+                sessions = resumed.sessions.len(),
+                "resuming the sockets an hvsockd before this one held"
+            );
+        }
+        for (name, why) in &resumed.refused {
+            tracing::warn!("not resuming a kept socket: {why}");
+            holder.discard(name);
+        }
+        let intake::Resumed {
+            host: kept_host,
+            admin: kept_admin,
+            endpoints: kept_endpoints,
+            guest_ports: kept_guest_ports,
+            sessions: kept_sessions,
+            refused: _,
+        } = resumed;
         let shutdown = CancellationToken::new();
         let endpoints = Arc::new(Endpoints::new(
             broker.clone(),
@@ -197,20 +236,31 @@ impl Server {
             config.limits,
             shutdown.clone(),
         ));
+        endpoints.adopt(kept_endpoints);
+        guest_ports.adopt(kept_guest_ports);
         let socket_err = |what: String| move |source| ServeError::Socket { what, source };
-        let host_file = match inherited.host {
-            Some(fd) => {
+        let host_file = match (inherited.host, kept_host) {
+            (Some(fd), kept) => {
+                if let Some((_, name)) = kept {
+                    holder.discard(&name); // the socket unit's host.sock is the one
+                }
                 warn_if_elsewhere("host", &fd, &dirs.host_socket());
                 endpoints
-                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Inherited)
+                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Inherited, None)
                     .map_err(socket_err("host".into()))?;
                 SocketFile::Inherited
             }
-            None => {
+            (None, Some((fd, name))) => {
+                endpoints
+                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Owned, Some(name))
+                    .map_err(socket_err("host".into()))?;
+                SocketFile::Owned
+            }
+            (None, None) => {
                 let fd = endpoint::listen(&dirs.host_socket(), HOST_SOCKET_MODE, group)
                     .map_err(socket_err("host".into()))?;
                 endpoints
-                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Owned)
+                    .serve_root(root, &dirs.host_socket(), fd, SocketFile::Owned, None)
                     .map_err(socket_err("host".into()))?;
                 SocketFile::Owned
             }
@@ -225,21 +275,45 @@ impl Server {
                 source: io::Error::other(e),
             });
         }
+        // Kept sessions resume now, before anything is served: their listeners are bound
+        // again, so the next pass opens their guest ports (the kept ones), and a connector
+        // finds them.
+        let kept_sessions_count = kept_sessions.len();
+        for (fd, name, n, record) in kept_sessions {
+            endpoints.resume_session(fd, name, n, record);
+        }
+        endpoints.drop_unused_kept();
+        if kept_sessions_count > 0 || !guest_ports.ports_kept_empty() {
+            reconciler.pass();
+        }
+        guest_ports.drop_unused_kept();
         let control = Control::new(registry, world.clone(), reconciler.sync());
         tokio::spawn(reconciler.run(shutdown.clone()));
-        let (admin, admin_file) = match inherited.admin {
-            Some(fd) => {
+        let dup = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map(Arc::new)
+                .map_err(socket_err("admin".into()))
+        };
+        let (admin_fd, admin_file, admin_hold) = match (inherited.admin, kept_admin) {
+            (Some(fd), kept) => {
+                if let Some((_, name)) = kept {
+                    holder.discard(&name);
+                }
                 warn_if_elsewhere("admin", &fd, &dirs.admin_socket());
-                let listener = admin::tokio_listener(fd).map_err(socket_err("admin".into()))?;
-                (listener, SocketFile::Inherited)
+                let hold = holder.hold_activated(dup(&fd)?, "admin");
+                (fd, SocketFile::Inherited, hold)
             }
-            None => {
-                let listener = admin::listen(&dirs.admin_socket())
-                    .and_then(admin::tokio_listener)
-                    .map_err(socket_err("admin".into()))?;
-                (listener, SocketFile::Owned)
+            (None, Some((fd, name))) => {
+                let hold = holder.adopt(dup(&fd)?, Kept::Admin, name);
+                (fd, SocketFile::Owned, hold)
+            }
+            (None, None) => {
+                let fd = admin::listen(&dirs.admin_socket()).map_err(socket_err("admin".into()))?;
+                let hold = holder.hold(dup(&fd)?, Kept::Admin);
+                (fd, SocketFile::Owned, hold)
             }
         };
+        let admin = admin::tokio_listener(admin_fd).map_err(socket_err("admin".into()))?;
         if host_file == SocketFile::Inherited || admin_file == SocketFile::Inherited {
             tracing::info!(
                 host = ?host_file, admin = ?admin_file,
@@ -292,8 +366,15 @@ impl Server {
             admin,
             admin_tcp,
             admin_file,
+            holder,
+            _admin_hold: admin_hold,
             _lock: lock,
         })
+    }
+
+    /// Every socket this hvsockd holds (what a hand-over carries).
+    pub fn holder(&self) -> &Arc<Holder> {
+        &self.holder
     }
 
     /// The admin API's TCP address, if it serves one.
@@ -329,6 +410,13 @@ impl Server {
             r = admin => r.map_err(ServeError::Admin),
             r = admin_tcp => r.map_err(ServeError::Admin),
         };
+        if self.holder.has_store() {
+            // Everything stays open in the store, files included, for the next start: a
+            // restart is no outage. (A `systemctl stop` makes the manager close them.)
+            self.holder.freeze();
+            tracing::info!("hvsockd stopping; its sockets stay in the service manager's store");
+            return result;
+        }
         tracing::info!("hvsockd stopping");
         self.shutdown.cancel();
         self.endpoints.close_all();

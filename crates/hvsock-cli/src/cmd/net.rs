@@ -10,7 +10,10 @@
 //!   more wait in hvsockd's backlog. Accepting runs on a thread of its own, and the command's
 //!   thread waits for the first failure that ends it: an accept that fails, or stdout that
 //!   fails (no connection can be served without it; a closed stdout ends the command quietly,
-//!   as everywhere).
+//!   as everywhere). If hvsockd goes away (killed, crashed, restarted), the listener binds
+//!   again by itself on the same descriptor and serving goes on (the library's re-bind; see
+//!   `hvsock::HvListener`): an accept fails only if hvsockd is not back within 30 s
+//!   (`HVSOCK_REBIND_PATIENCE` seconds), and connections being served are not affected.
 //!
 //! The partition acted from is `--as VM`'s (through its endpoint), else the root's through the
 //! `--dir` given, else the one the environment names (`HVSOCK_ENDPOINT`, `HVSOCK_DIR`, …). A

@@ -24,8 +24,11 @@ use crate::output::{Fields, Table, or_dash, timestamp, write_json};
 pub enum VmCommand {
     /// Add a sandbox partition, or a VM with --hybrid-vsock, and print its VmId.
     ///
-    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/VMID.sock, to be
-    /// bind-mounted into the sandbox.
+    /// A sandbox: hvsockd opens its endpoint socket at DIR/partitions/VMID/endpoint.sock.
+    /// Bind-mount the directory DIR/partitions/VMID into the sandbox (read-only is fine, e.g.
+    /// at /run/hvsock, where the library finds endpoint.sock by itself): a mounted directory
+    /// keeps working across restarts of hvsockd, a mounted socket file does not. The old path
+    /// DIR/partitions/VMID.sock is a link to the new one.
     ///
     /// A VM (--hybrid-vsock PATH): PATH is the Unix socket its VMM serves for the guest's
     /// vsock device (Firecracker `uds_path`, Cloud Hypervisor `--vsock socket=PATH`,
@@ -202,6 +205,7 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
             "endpoint",
             or_dash(p.endpoint.as_ref().map(|e| e.display())),
         )
+        .field("mount", or_dash(mount_dir(p.endpoint.as_deref())))
         .field(
             "hybrid_vsock",
             or_dash(p.hybrid_vsock.as_ref().map(|e| e.display())),
@@ -220,6 +224,15 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
         .field("listeners", p.listeners)
         .field("created", timestamp(p.created_at));
     Ok(fields.write_to(out)?)
+}
+
+/// The directory to bind-mount into a sandbox: its endpoint's, when the endpoint is a
+/// partition directory's `endpoint.sock` (the root's `host.sock` is not).
+fn mount_dir(endpoint: Option<&std::path::Path>) -> Option<std::path::Display<'_>> {
+    let endpoint = endpoint?;
+    (endpoint.file_name()? == hvsock::dirs::ENDPOINT_FILE)
+        .then(|| endpoint.parent().map(|dir| dir.display()))
+        .flatten()
 }
 
 fn remove(ctx: &Context, key: &str, if_exists: bool, out: &mut dyn Write) -> Result<(), CliError> {

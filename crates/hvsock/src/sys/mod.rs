@@ -225,6 +225,52 @@ impl Listener {
 
 #[cfg(unix)]
 impl Listener {
+    /// Moves this handle's descriptor onto the newest session, if the provider listener bound
+    /// again after hvsockd came back (a no-op for other transports).
+    pub(crate) fn catch_up(&self) -> io::Result<()> {
+        match self {
+            Listener::Provider(l) => l.catch_up(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => Ok(()),
+        }
+    }
+
+    /// Which session the descriptor holds: changes when a provider listener bound again.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Listener::Provider(l) => l.generation(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => 0,
+        }
+    }
+
+    /// If the listener is binding again, keeps `waker` to be woken when that ends (true).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async listener
+    pub(crate) fn wake_when_rebound(&self, waker: &std::task::Waker) -> bool {
+        match self {
+            Listener::Provider(l) => l.wake_when_rebound(waker),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => false,
+        }
+    }
+
+    /// How long a provider listener keeps binding again after hvsockd went away.
+    pub(crate) fn set_rebind_patience(&self, patience: Duration) {
+        match self {
+            Listener::Provider(l) => l.set_rebind_patience(patience),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => {}
+        }
+    }
+
+    pub(crate) fn rebind_patience(&self) -> Duration {
+        match self {
+            Listener::Provider(l) => l.rebind_patience(),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(_) => Duration::ZERO,
+        }
+    }
+
     /// Moves the listener onto `fd`, which must be another descriptor of the same socket (same
     /// device and inode); its old descriptor is closed. Otherwise `InvalidInput`, unchanged.
     pub(crate) fn replace_fd(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<()> {

@@ -84,6 +84,14 @@ impl HvListener {
     pub fn local_addr(&self) -> io::Result<SockAddrHv> {
         Ok(self.io.local_addr())
     }
+
+    /// How long the listener keeps binding again after hvsockd went away, as
+    /// [`crate::HvListener::set_rebind_patience`]: `accept` and `poll_accept` return no error
+    /// while hvsockd comes back within it.
+    #[cfg(unix)]
+    pub fn set_rebind_patience(&self, patience: std::time::Duration) {
+        self.io.listener().set_rebind_patience(patience);
+    }
 }
 
 /// The async stream of an accepted connection, and its peer's address.

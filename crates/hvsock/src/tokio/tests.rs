@@ -205,7 +205,16 @@ fn listener_over_pair() -> (HvListener, OwnedFd) {
         },
         fd: None,
     };
-    let inner = crate::sys::Listener::Provider(provider::Listener::bound(ours, bound).unwrap());
+    let inner = crate::sys::Listener::Provider(
+        provider::Listener::bound(
+            ours,
+            bound,
+            std::path::Path::new("/nonexistent/hvsock-test.sock"),
+            SockAddrHv::new(VmId::WILDCARD, crate::ServiceId::from_vsock_port(1)),
+            8,
+        )
+        .unwrap(),
+    );
     let listener = HvListener::from_std(crate::HvListener { inner }).unwrap();
     (listener, daemon)
 }
@@ -304,11 +313,25 @@ async fn an_ack_that_would_block_is_sent_by_the_next_accept_call() {
 }
 
 #[::tokio::test]
-async fn a_session_closed_by_hvsockd_fails_accept_with_connection_aborted() {
+async fn a_session_closed_by_hvsockd_fails_accept_with_connection_aborted_without_patience() {
     let (listener, daemon) = listener_over_pair();
+    listener.set_rebind_patience(Duration::ZERO);
     drop(daemon);
     let err = listener.accept().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+}
+
+#[::tokio::test]
+async fn a_listener_whose_hvsockd_never_comes_back_fails_after_its_patience() {
+    let (listener, daemon) = listener_over_pair();
+    listener.set_rebind_patience(Duration::from_millis(200));
+    drop(daemon);
+    let started = std::time::Instant::now();
+    // Its endpoint does not exist: hvsockd is not back, and the re-bind gives up.
+    let err = listener.accept().await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(150), "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("binding"), "{err}");
 }
 
 #[::tokio::test]

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::ports::port_path;
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
+use crate::handover::{Hold, Kept};
 use crate::listeners::Conn;
 use crate::sys::{self, Replace, SocketSpec};
 use crate::world::Refused;
@@ -36,6 +37,8 @@ pub const GUEST_PORT_MODE: u32 = 0o660;
 struct OpenPort {
     file: PathBuf,
     cancel: CancellationToken,
+    /// Its entry in the hand-over's table.
+    _hold: Hold,
 }
 
 /// The guest-to-host sockets hvsockd has open.
@@ -47,6 +50,8 @@ pub struct GuestPorts {
     open: Mutex<HashMap<(VmId, u32), OpenPort>>,
     /// Guest connections waiting for a listener's backlog, per VM.
     waiting: Mutex<HashMap<VmId, Arc<AtomicUsize>>>,
+    /// Guest ports an hvsockd before this one held, to serve instead of binding new ones.
+    kept: Mutex<HashMap<(VmId, u32), (OwnedFd, String)>>,
 }
 
 impl GuestPorts {
@@ -58,7 +63,68 @@ impl GuestPorts {
             shutdown,
             open: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves these guest ports (kept by an hvsockd before this one, with their names) when
+    /// they are wanted, rather than binding new sockets: the VM's connections that wait in
+    /// their backlogs are served.
+    pub fn adopt(&self, kept: HashMap<(VmId, u32), (OwnedFd, String)>) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(kept);
+    }
+
+    /// Whether no kept guest port waits to be adopted.
+    pub fn ports_kept_empty(&self) -> bool {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Closes the kept guest ports that are not wanted any more.
+    pub fn drop_unused_kept(&self) {
+        let unused: Vec<_> = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for ((vm, port), (_fd, name)) in unused {
+            tracing::info!(vm = %self.label(vm), port, "a kept guest port is not wanted any more; closing it");
+            self.broker.holder().discard(&name);
+        }
+    }
+
+    /// The listening socket for `(vm, port)` at `file`: the kept one if its file is still
+    /// there, else a new one.
+    fn open_port(
+        &self,
+        vm: VmId,
+        port: u32,
+        file: &Path,
+        path: &Path,
+    ) -> io::Result<(AsyncFd<OwnedFd>, Hold)> {
+        let holder = self.broker.holder();
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(vm, port));
+        if let Some((fd, name)) = kept {
+            if std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_socket()) {
+                let dup = Arc::new(fd.try_clone()?);
+                let afd = sys::register(fd)?;
+                return Ok((afd, holder.adopt(dup, Kept::GuestPort { vm, port }, name)));
+            }
+            holder.discard(&name);
+        }
+        let afd = listen(file, path)?;
+        let dup = Arc::new(afd.get_ref().try_clone()?);
+        Ok((afd, holder.hold(dup, Kept::GuestPort { vm, port })))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<(VmId, u32), OpenPort>> {
@@ -108,12 +174,19 @@ impl GuestPorts {
                 continue;
             }
             let file = port_path(&path, port);
-            match listen(&file, &path) {
-                Ok(sock) => {
+            match self.open_port(vm, port, &file, &path) {
+                Ok((sock, hold)) => {
                     let cancel = self.shutdown.child_token();
                     tokio::spawn(self.clone().serve_port(vm, port, sock, cancel.clone()));
                     tracing::info!(vm = %self.label(vm), port, file = %file.display(), "guest port open");
-                    open.insert((vm, port), OpenPort { file, cancel });
+                    open.insert(
+                        (vm, port),
+                        OpenPort {
+                            file,
+                            cancel,
+                            _hold: hold,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -216,8 +289,10 @@ fn close_port(open: &OpenPort) {
     sys::remove_socket_file(&open.file);
 }
 
-/// Removes `PATH_<digits>` sockets left by an hvsockd that did not stop cleanly.
-pub fn remove_stale(path: &Path) {
+/// Removes `PATH_<digits>` sockets left by an hvsockd that did not stop cleanly, but those of
+/// the ports for which `kept` says yes (their sockets were handed over, see
+/// [`crate::handover`]).
+pub fn remove_stale(path: &Path, kept: impl Fn(u32) -> bool) {
     let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
         return;
     };
@@ -233,6 +308,9 @@ pub fn remove_stale(path: &Path) {
             continue;
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if digits.parse().is_ok_and(&kept) {
             continue;
         }
         if entry.file_type().is_ok_and(|t| t.is_socket()) {
@@ -295,7 +373,9 @@ mod tests {
         sock("vm.vsock_x1");
         sock("other.vsock_5");
         std::fs::write(dir.path().join("vm.vsock_7"), b"a file").unwrap();
-        remove_stale(&path);
+        remove_stale(&path, |port| port == 5);
+        assert!(dir.path().join("vm.vsock_5").exists(), "a kept port stays");
+        remove_stale(&path, |_| false);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -30,6 +30,7 @@
 //!   itself registers its own transport with [`Broker::serve_guest`], which takes precedence
 //!   for that VM while it lives.
 
+pub mod gateway;
 pub mod guest;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 use hvsock::{ServiceId, SockAddrHv, VmId};
 use hvsock_proto::ErrorCode;
 
+use crate::handover::Holder;
 use crate::listeners::{Conn, Offer};
 use crate::metrics::Metrics;
 use crate::world::{self, Refused, Routed, Target};
@@ -94,6 +96,8 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     /// Transports that serve a VM's guest in place of its hybrid-vsock socket.
     guests: Mutex<HashMap<VmId, Weak<dyn GuestTransport>>>,
+    /// Every socket hvsockd holds, to hand over (see [`crate::handover`]).
+    holder: Arc<Holder>,
 }
 
 impl Broker {
@@ -103,7 +107,13 @@ impl Broker {
             world,
             metrics,
             guests: Mutex::new(HashMap::new()),
+            holder: Arc::new(Holder::default()),
         }
+    }
+
+    /// The table of held sockets (see [`crate::handover`]).
+    pub fn holder(&self) -> &Arc<Holder> {
+        &self.holder
     }
 
     /// The world it routes in.
@@ -128,6 +138,26 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm, Arc::downgrade(&transport));
         transport
+    }
+
+    /// Like [`Broker::serve_guest`], unless a transport registered that way still serves `vm`:
+    /// `false` then, and nothing changes (one device per VM).
+    pub fn serve_guest_once(&self, vm: VmId, transport: Arc<dyn GuestTransport>) -> bool {
+        let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+        if guests.get(&vm).is_some_and(|w| w.strong_count() > 0) {
+            return false;
+        }
+        guests.insert(vm, Arc::downgrade(&transport));
+        true
+    }
+
+    /// Whether a device process (registered with [`Broker::serve_guest`]) serves `vm` now.
+    pub fn has_device(&self, vm: VmId) -> bool {
+        self.guests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm)
+            .is_some_and(|w| w.strong_count() > 0)
     }
 
     fn guest_transport(
@@ -155,7 +185,7 @@ impl Broker {
         let routed = {
             let world = self.world.lock();
             world
-                .route(from, target)
+                .route_served(from, target, |dest| self.has_device(dest))
                 .map_err(|refused| (world.service_key(target.service_id), refused))
         };
         routed.map_err(|(key, refused)| {
@@ -254,7 +284,9 @@ impl Broker {
                     let refused = Refused::new(
                         ErrorCode::Refused,
                         "no_attachment",
-                        format!("VM {name} has no hybrid-vsock attachment"),
+                        format!(
+                            "VM {name} has no device connected (start `hvsock-vhost --vm {name}` for it) and no hybrid-vsock attachment"
+                        ),
                     );
                     return Connecting::Now(settle(&metrics, &routed, started, Err(refused)));
                 };

@@ -75,8 +75,13 @@ impl ControlError {
 type Result<T, E = ControlError> = std::result::Result<T, E>;
 
 /// Opens (or creates) the registry, ensures what the configuration declares in it (one
-/// transaction) and loads the world from it: the start of every hvsockd.
-pub fn open(dirs: &Dirs, declared: &Declared) -> Result<(Registry, World), StartError> {
+/// transaction) and loads the world from it: the start of every hvsockd. Stale guest-port
+/// sockets are removed, but those of `kept_ports` (handed over, see [`crate::handover`]).
+pub fn open(
+    dirs: &Dirs,
+    declared: &Declared,
+    kept_ports: &std::collections::HashSet<(VmId, u32)>,
+) -> Result<(Registry, World), StartError> {
     let mut registry = Registry::open(&dirs.registry())?;
     if registry.created() {
         register_integration_services(&mut registry)?;
@@ -87,8 +92,10 @@ pub fn open(dirs: &Dirs, declared: &Declared) -> Result<(Registry, World), Start
     }
     let mut world = World::load(&registry)?;
     world.set_default_policy(default_policy);
-    for path in world.partitions().filter_map(|p| p.hybrid_vsock.as_deref()) {
-        attach::sockets::remove_stale(path);
+    for p in world.partitions() {
+        if let Some(path) = p.hybrid_vsock.as_deref() {
+            attach::sockets::remove_stale(path, |port| kept_ports.contains(&(p.id, port)));
+        }
     }
     Ok((registry, world))
 }

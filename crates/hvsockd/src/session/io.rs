@@ -16,7 +16,7 @@ use crate::listeners::{Sink, Undeliverable};
 use crate::sys;
 
 /// Frames in and out of one client.
-pub trait FrameIo: Send + Sync + std::fmt::Debug + 'static {
+pub trait FrameIo: std::os::fd::AsFd + Send + Sync + std::fmt::Debug + 'static {
     /// Receives one frame, waiting for it.
     fn recv(&self) -> impl Future<Output = Result<Received, RecvError>> + Send;
     /// Sends one frame (with a descriptor, for frames that carry one), waiting for room.

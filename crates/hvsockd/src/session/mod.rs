@@ -3,8 +3,16 @@
 //! ```text
 //!  Fresh ──Connect──▶ Connector ──Connect──▶ Connector      (many requests may be outstanding)
 //!    │
-//!    └──Bind (ok)──▶ Listener ──Ack──▶ Listener              (hvsockd pushes Incoming frames)
+//!    ├──Bind (ok)──▶ Listener ──Ack──▶ Listener              (hvsockd pushes Incoming frames)
+//!    │
+//!    └──Gateway (ok)──▶ Gateway ──Connect / Accepted / Rejected──▶ Gateway
 //! ```
+//!
+//! A `Gateway` session is a VM's device process (`hvsock-vhost`, see
+//! [`crate::broker::gateway`]): any partition but the root that has no hybrid-vsock attachment
+//! (`hvsock vm add NAME`) may have one, one at a time; while it lives, connects into the
+//! partition go to the device (the partition is a guest, as a VM is). hvsockd pushes `GuestConnect` frames on it; the device connects for its
+//! guest with `Connect` like any connector.
 //!
 //! [`transition`] is the table: what a frame means in a state. A failed `Bind` leaves the
 //! session `Fresh`. Anything else (a frame that is not valid in the state, garbage, an oversized
@@ -21,7 +29,11 @@
 //! The session runs over any [`io::FrameIo`]; the partition is the endpoint's, never anything
 //! the client says.
 
+pub mod book;
 pub mod io;
+mod resume;
+
+pub use resume::resume;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -34,9 +46,12 @@ use hvsock_proto::unix::{Received, RecvError};
 use hvsock_proto::{ErrorCode, Frame, WireAddr};
 use tokio_util::sync::CancellationToken;
 
+use self::book::Book;
 use self::io::{FrameIo, SeqPacket, SessionSink};
+use crate::broker::gateway::{self, Gateway};
 use crate::broker::{Broker, Connecting, Settled};
 use crate::config::Limits;
+use crate::handover::{self, WaitingConnect};
 use crate::listeners::{Conn, Listener};
 
 /// The session's state.
@@ -48,6 +63,8 @@ pub enum State {
     Connector,
     /// Bound.
     Listener(Arc<Listener>),
+    /// A VM's device, serving its guest.
+    Gateway(Arc<Gateway>),
 }
 
 impl State {
@@ -56,6 +73,7 @@ impl State {
             State::Fresh => "fresh",
             State::Connector => "connector",
             State::Listener(_) => "listener",
+            State::Gateway(_) => "gateway",
         }
     }
 }
@@ -69,6 +87,10 @@ pub enum Transition {
     Bind,
     /// A listener accepted connections: free backlog slots.
     Ack,
+    /// A device asks to serve its VM's guest.
+    Gateway,
+    /// A device answers a `GuestConnect`.
+    Answer,
     /// Not valid here: the session ends.
     Invalid,
 }
@@ -76,9 +98,13 @@ pub enum Transition {
 /// The table of the state machine.
 pub fn transition(state: &State, frame: &Frame) -> Transition {
     match (state, frame) {
-        (State::Fresh | State::Connector, Frame::Connect { .. }) => Transition::Connect,
+        (State::Fresh | State::Connector | State::Gateway(_), Frame::Connect { .. }) => {
+            Transition::Connect
+        }
         (State::Fresh, Frame::Bind { .. }) => Transition::Bind,
         (State::Listener(_), Frame::Ack { .. }) => Transition::Ack,
+        (State::Fresh, Frame::Gateway { .. }) => Transition::Gateway,
+        (State::Gateway(_), Frame::Accepted { .. } | Frame::Rejected { .. }) => Transition::Answer,
         _ => Transition::Invalid,
     }
 }
@@ -116,21 +142,9 @@ pub async fn serve<T: FrameIo>(
     sock: Arc<T>,
     cancel: CancellationToken,
 ) {
-    let session = Session {
-        client: Client {
-            partition,
-            pid: sock.peer_pid(),
-            cred: sock.peer_cred(),
-        },
-        broker,
-        limits,
-        sock,
-        outstanding: Arc::new(AtomicUsize::new(0)),
-    };
-    let state = session.serve(cancel).await;
-    if let State::Listener(listener) = &state {
-        session.close_listener(listener);
-    }
+    let book = Arc::new(Book::new(&broker, partition, sock.clone()));
+    let session = Session::new(broker, limits, partition, sock, book);
+    session.run(cancel, State::Fresh).await;
 }
 
 struct Session<T> {
@@ -140,16 +154,52 @@ struct Session<T> {
     sock: Arc<T>,
     /// Connects waiting for their answer off the read loop.
     outstanding: Arc<AtomicUsize>,
+    /// Its state as the hand-over sees it.
+    book: Arc<Book>,
 }
 
 impl<T: FrameIo> Session<T> {
+    fn new(
+        broker: Arc<Broker>,
+        limits: Limits,
+        partition: VmId,
+        sock: Arc<T>,
+        book: Arc<Book>,
+    ) -> Session<T> {
+        Session {
+            client: Client {
+                partition,
+                pid: sock.peer_pid(),
+                cred: sock.peer_cred(),
+            },
+            broker,
+            limits,
+            sock,
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            book,
+        }
+    }
+
+    /// Serves from `state` until the session ends, then unbinds its listener if it has one.
+    async fn run(&self, cancel: CancellationToken, state: State) {
+        let state = self.serve(cancel, state).await;
+        match &state {
+            State::Listener(listener) => self.close_listener(listener),
+            State::Gateway(gateway) => {
+                gateway.close();
+                tracing::info!(partition = %self.label(), "the VM's device left");
+            }
+            _ => {}
+        }
+    }
+
     fn label(&self) -> String {
         self.broker.world().label(self.client.partition)
     }
 
     /// Runs the state machine until the session ends; returns the last state.
-    async fn serve(&self, cancel: CancellationToken) -> State {
-        let mut state = State::Fresh;
+    async fn serve(&self, cancel: CancellationToken, state: State) -> State {
+        let mut state = state;
         let handshake = tokio::time::sleep(self.limits.handshake_timeout);
         tokio::pin!(handshake);
         loop {
@@ -157,10 +207,12 @@ impl<T: FrameIo> Session<T> {
             let received = tokio::select! {
                 () = cancel.cancelled() => return state,
                 () = &mut handshake, if fresh => {
-                    tracing::warn!(
-                        partition = %self.label(), pid = ?self.client.pid,
-                        "client sent nothing within {:?}; dropping it", self.limits.handshake_timeout
-                    );
+                    if self.broker.metrics().warn_allowed(self.client.partition, "idle", || self.label()) {
+                        tracing::warn!(
+                            partition = %self.label(), pid = ?self.client.pid,
+                            "client sent nothing within {:?}; dropping it", self.limits.handshake_timeout
+                        );
+                    }
                     self.broker.metrics().client_error(self.client.partition, "idle");
                     return state;
                 }
@@ -189,12 +241,40 @@ impl<T: FrameIo> Session<T> {
                         timeout_ms,
                     },
                 ) => {
+                    if matches!(state, State::Fresh) {
+                        self.book.connector();
+                    }
                     self.connect(req, target, timeout_ms).await;
-                    State::Connector
+                    match state {
+                        State::Gateway(g) => State::Gateway(g),
+                        _ => State::Connector,
+                    }
+                }
+                (Transition::Gateway, Frame::Gateway { req }) => match self.gateway(Some(req)) {
+                    Some(gateway) => {
+                        self.book.gateway();
+                        State::Gateway(gateway)
+                    }
+                    None => State::Fresh,
+                },
+                (Transition::Answer, Frame::Accepted { req }) => {
+                    if let State::Gateway(g) = &state {
+                        g.answer(req, Ok(()));
+                    }
+                    state
+                }
+                (Transition::Answer, Frame::Rejected { req, code, message }) => {
+                    if let State::Gateway(g) = &state {
+                        g.answer(req, Err(gateway::rejected(code, message)));
+                    }
+                    state
                 }
                 (Transition::Bind, Frame::Bind { req, addr, backlog }) => {
                     match self.bind(req, addr, backlog) {
-                        Some(listener) => State::Listener(listener),
+                        Some(listener) => {
+                            self.book.listener(addr, backlog, listener.clone());
+                            State::Listener(listener)
+                        }
                         None => State::Fresh,
                     }
                 }
@@ -210,8 +290,10 @@ impl<T: FrameIo> Session<T> {
                         frame.kind_name(),
                         state.name()
                     );
-                    if let State::Listener(listener) = &state {
-                        self.close_listener(listener);
+                    match &state {
+                        State::Listener(listener) => self.close_listener(listener),
+                        State::Gateway(gateway) => gateway.close(),
+                        _ => {}
                     }
                     self.drop_client("protocol", &why);
                     return State::Fresh;
@@ -227,10 +309,16 @@ impl<T: FrameIo> Session<T> {
     }
 
     fn drop_client(&self, reason: &'static str, why: &str) {
-        tracing::warn!(
-            partition = %self.label(), pid = ?self.client.pid, reason,
-            "dropping client: {why}"
-        );
+        if self
+            .broker
+            .metrics()
+            .warn_allowed(self.client.partition, reason, || self.label())
+        {
+            tracing::warn!(
+                partition = %self.label(), pid = ?self.client.pid, reason,
+                "dropping client: {why}"
+            );
+        }
         self.broker
             .metrics()
             .client_error(self.client.partition, reason);
@@ -290,6 +378,70 @@ impl<T: FrameIo> Session<T> {
         }
     }
 
+    /// Answers a `Gateway` request: the gateway if this session now serves its VM's guest.
+    /// Without `req`, a resumed gateway (see [`crate::handover`]): its device is not told
+    /// anything unless it is refused.
+    fn gateway(&self, answer: Option<u32>) -> Option<Arc<Gateway>> {
+        let req = answer.unwrap_or(0);
+        let partition = self.client.partition;
+        let refuse = |code, message: String| {
+            let _ = self
+                .sock
+                .try_send(&Frame::Error { req, code, message }, None);
+            None
+        };
+        let name = {
+            let world = self.broker.world().lock();
+            match world.partition(partition) {
+                Some(p) if p.parent.is_none() => {
+                    return refuse(
+                        ErrorCode::Unsupported,
+                        "the host partition cannot have a device gateway: register the VM with `hvsock vm add NAME` and run its device as that VM".into(),
+                    );
+                }
+                Some(p) if p.hybrid_vsock.is_some() => {
+                    return refuse(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "VM {} is attached through its VMM's hybrid-vsock socket; remove it and add it again without --hybrid-vsock to serve it with hvsock-vhost",
+                            p.name
+                        ),
+                    );
+                }
+                Some(p) => p.name.clone(),
+                None => {
+                    return refuse(
+                        ErrorCode::Unreachable,
+                        format!("partition {partition} is not registered"),
+                    );
+                }
+            }
+        };
+        let sock = self.sock.clone();
+        let send: gateway::SendFrame = Box::new(move |frame, fd| sock.try_send(frame, Some(fd)));
+        let gateway = Arc::new(Gateway::new(&name, send));
+        if !self.broker.serve_guest_once(partition, gateway.clone()) {
+            return refuse(
+                ErrorCode::AddrInUse,
+                format!("VM {name} already has a device (hvsock-vhost) connected; stop it first"),
+            );
+        }
+        if answer.is_none() {
+            tracing::info!(vm = %name, pid = ?self.client.pid, "the VM's device is its gateway again");
+            return Some(gateway);
+        }
+        let bound = Frame::Bound {
+            req,
+            local: SockAddrHv::new(partition, hvsock::ServiceId(hvsock::Guid::NIL)).into(),
+        };
+        if let Err(e) = self.sock.try_send(&bound, None) {
+            tracing::debug!("device left before its gateway was answered: {e}");
+            return None;
+        }
+        tracing::info!(vm = %name, pid = ?self.client.pid, "the VM's device is its gateway");
+        Some(gateway)
+    }
+
     /// Answers a connect: at once, or from a task of its own when the answer comes later.
     async fn connect(&self, req: u32, target: WireAddr, timeout_ms: u32) {
         let started = Instant::now();
@@ -335,10 +487,16 @@ impl<T: FrameIo> Session<T> {
             Connecting::Now(settled) => answer(&self.broker, &*self.sock, req, settled).await,
             Connecting::Later(pending) => {
                 self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.book.waiting(WaitingConnect {
+                    req,
+                    target: target.into(),
+                    deadline_ms: handover::monotonic_ms() + u64::from(timeout_ms),
+                });
                 let (broker, sock) = (self.broker.clone(), self.sock.clone());
-                let outstanding = self.outstanding.clone();
+                let (outstanding, book) = (self.outstanding.clone(), self.book.clone());
                 tokio::spawn(async move {
                     answer(&broker, &*sock, req, pending.await).await;
+                    book.answered(req);
                     outstanding.fetch_sub(1, Ordering::AcqRel);
                 });
             }

@@ -44,8 +44,9 @@ use rustix::net::{AddressFamily, SocketType};
 /// The first descriptor of the `sd_listen_fds` protocol.
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// The most descriptors hvsockd accepts from a service manager (it uses two).
-const MAX_LISTEN_FDS: usize = 64;
+/// The most descriptors hvsockd accepts from a service manager: socket activation's two, and
+/// what its descriptor store keeps (see [`crate::handover`]).
+const MAX_LISTEN_FDS: usize = 1 << 20;
 
 /// The name of the root partition's endpoint socket (`FileDescriptorName=host`).
 pub const HOST_FD_NAME: &str = "host";
@@ -190,7 +191,7 @@ pub fn parse_listen_env(
         return Err(ActivationError::Env {
             var: "LISTEN_FDS",
             value: count.to_string(),
-            reason: "is more descriptors than hvsockd takes (host and admin)",
+            reason: "is more descriptors than hvsockd takes",
         });
     }
     let names: Vec<String> = match listen_fdnames {
@@ -279,6 +280,11 @@ impl ListenFds {
     /// Descriptors from elsewhere (for tests and tools): each with its name.
     pub fn from_fds(fds: Vec<(OwnedFd, String)>) -> ListenFds {
         ListenFds { fds }
+    }
+
+    /// The descriptors, each with its name.
+    pub fn into_fds(self) -> Vec<(OwnedFd, String)> {
+        self.fds
     }
 }
 
@@ -503,7 +509,7 @@ mod tests {
             ((Some("x"), Some("2"), None), "LISTEN_PID"),
             ((Some("4242"), Some("two"), None), "LISTEN_FDS"),
             ((Some("4242"), Some("-1"), None), "LISTEN_FDS"),
-            ((Some("4242"), Some("100000"), None), "LISTEN_FDS"),
+            ((Some("4242"), Some("10000000"), None), "LISTEN_FDS"),
             ((Some("4242"), Some("2"), Some("host")), "LISTEN_FDNAMES"),
             (
                 (Some("4242"), Some("1"), Some("host:admin")),

@@ -359,11 +359,23 @@ impl World {
 
     /// Decides a connect from partition `from` to `target`.
     pub fn route(&self, from: VmId, target: SockAddrHv) -> Result<Routed, Refused> {
+        self.route_served(from, target, |_| false)
+    }
+
+    /// Like [`World::route`], where the partitions for which `served` says yes have a device
+    /// that answers connects into them (a VM's hvsock-vhost): they are guests, like a VM.
+    pub fn route_served(
+        &self,
+        from: VmId,
+        target: SockAddrHv,
+        served: impl Fn(VmId) -> bool,
+    ) -> Result<Routed, Refused> {
         let service = target.service_id;
         let state = self.service_state(service);
         let bound = |dest: VmId| -> Option<Vec<VmId>> {
             match self.partitions.get(&dest).map(|p| p.kind) {
                 Some(PartitionKind::Vm) => None,
+                _ if served(dest) => None,
                 _ => Some(
                     self.bindings
                         .get(&(dest, service))

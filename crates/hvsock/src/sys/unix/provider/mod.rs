@@ -10,13 +10,15 @@
 //! - **Listen.** Each listener is its own session: `Bind`, then one `Incoming` frame with the
 //!   listener's end per connection. `accept` answers each with `Ack`, which frees a backlog
 //!   slot in hvsockd. The session socket is what `HvListener` polls on, so `poll`/`epoll` and
-//!   non-blocking accept work as on any listening socket.
+//!   non-blocking accept work as on any listening socket. When the session ends because
+//!   hvsockd went away, the listener binds again on the same descriptor ([`rebind`]).
 //!
 //! The frames, their answers and the errors they become are built by the small functions
 //! below ([`connect_request`], [`bind_request`], [`answer_to`], [`established`]), which the
 //! std and the async clients share; only the waiting differs.
 
-mod mux;
+pub(crate) mod mux;
+pub(crate) mod rebind;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
 
@@ -25,7 +27,9 @@ pub(crate) use mux::connect;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use hvsock_proto::unix::{Received, RecvError, connect_endpoint, recv_frame, send_frame};
@@ -147,47 +151,91 @@ pub(crate) fn established(received: Received) -> io::Result<Established> {
     }
 }
 
+/// Opens a session with the hvsockd at `endpoint` and binds `addr` on it: the session and the
+/// bound address.
+pub(crate) fn bind_session(
+    endpoint: &Path,
+    addr: SockAddrHv,
+    backlog: u32,
+) -> io::Result<(OwnedFd, SockAddrHv)> {
+    let sock = connect_endpoint(endpoint, false).map_err(|e| endpoint_error(endpoint, e))?;
+    send_frame(&sock, &bind_request(addr, backlog), None, false)
+        .map_err(|e| endpoint_error(endpoint, e))?;
+    if !super::wait_readable(sock.as_fd(), Some(BIND_TIMEOUT))? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("hvsockd at {} did not answer the bind", endpoint.display()),
+        ));
+    }
+    let received = recv_frame(&sock, false).map_err(session_lost)?;
+    let local = bound_addr(received)?;
+    Ok((sock, local))
+}
+
+/// The bound address in hvsockd's answer to `Bind`, or its error.
+fn bound_addr(received: Received) -> io::Result<SockAddrHv> {
+    match received.frame {
+        Frame::Bound { local, .. } => Ok(local.into()),
+        Frame::Error { code, message, .. } => Err(daemon_error(code, message)),
+        frame => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "hvsockd answered Bind with an unexpected {} frame",
+                frame.kind_name()
+            ),
+        )),
+    }
+}
+
 /// A listener's session with hvsockd.
 #[derive(Debug)]
 pub(crate) struct Listener {
+    /// The session; after a re-bind, the new session on the same descriptor number.
     sock: OwnedFd,
     local: SockAddrHv,
     /// Accepts not yet acknowledged to hvsockd (an `Ack` that would have blocked).
     unacked: AtomicU32,
+    /// How to bind again, shared with this listener's clones.
+    session: Arc<rebind::Session>,
+    /// The re-bind generation `sock` holds.
+    generation: AtomicU64,
+    nonblocking: AtomicBool,
 }
 
 impl Listener {
     /// Opens a session and binds `addr` with room for `backlog` unaccepted connections.
     pub(crate) fn bind(endpoint: &Path, addr: SockAddrHv, backlog: u32) -> io::Result<Listener> {
-        let sock = connect_endpoint(endpoint, false).map_err(|e| endpoint_error(endpoint, e))?;
-        send_frame(&sock, &bind_request(addr, backlog), None, false)
-            .map_err(|e| endpoint_error(endpoint, e))?;
-        if !super::wait_readable(sock.as_fd(), Some(BIND_TIMEOUT))? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("hvsockd at {} did not answer the bind", endpoint.display()),
-            ));
-        }
-        let received = recv_frame(&sock, false).map_err(session_lost)?;
-        Self::bound(sock, received)
+        let (sock, local) = bind_session(endpoint, addr, backlog)?;
+        Ok(Self::with_session(sock, local, endpoint, addr, backlog))
     }
 
-    /// The listener, given hvsockd's answer to `Bind` on `sock`.
-    pub(crate) fn bound(sock: OwnedFd, received: Received) -> io::Result<Listener> {
-        match received.frame {
-            Frame::Bound { local, .. } => Ok(Listener {
-                sock,
-                local: local.into(),
-                unacked: AtomicU32::new(0),
-            }),
-            Frame::Error { code, message, .. } => Err(daemon_error(code, message)),
-            frame => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "hvsockd answered Bind with an unexpected {} frame",
-                    frame.kind_name()
-                ),
-            )),
+    /// The listener, given hvsockd's answer to binding `addr` through `endpoint` on `sock`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // used by the async client
+    pub(crate) fn bound(
+        sock: OwnedFd,
+        received: Received,
+        endpoint: &Path,
+        addr: SockAddrHv,
+        backlog: u32,
+    ) -> io::Result<Listener> {
+        let local = bound_addr(received)?;
+        Ok(Self::with_session(sock, local, endpoint, addr, backlog))
+    }
+
+    fn with_session(
+        sock: OwnedFd,
+        local: SockAddrHv,
+        endpoint: &Path,
+        addr: SockAddrHv,
+        backlog: u32,
+    ) -> Listener {
+        Listener {
+            sock,
+            local,
+            unacked: AtomicU32::new(0),
+            session: rebind::Session::new(endpoint, addr, backlog),
+            generation: AtomicU64::new(0),
+            nonblocking: AtomicBool::new(false),
         }
     }
 
@@ -196,22 +244,81 @@ impl Listener {
     }
 
     /// Takes the next connection. Blocks unless the session socket is non-blocking.
+    ///
+    /// A session that hvsockd ended is bound again (see [`rebind`]): a blocking accept waits
+    /// for that, up to the patience; a non-blocking one starts it and says `WouldBlock`, and
+    /// reports a re-bind that failed once.
     pub(crate) fn accept(&self) -> io::Result<Established> {
-        // `recv_frame` rides out EINTR itself.
-        let received = match recv_frame(&self.sock, false) {
-            Ok(received) => received,
-            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-            Err(e) if e.is_disconnect() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "hvsockd closed this listener (it stopped, restarted, or the partition was removed): bind again",
-                ));
+        loop {
+            self.catch_up()?;
+            // `recv_frame` rides out EINTR itself.
+            let received = match recv_frame(&self.sock, false) {
+                Ok(received) => received,
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(e);
+                }
+                Err(e) if e.is_disconnect() => {
+                    self.session_ended()?;
+                    continue;
+                }
+                Err(e) => return Err(session_lost(e)),
+            };
+            let established = established(received)?;
+            self.ack();
+            return Ok(established);
+        }
+    }
+
+    /// The session ended: binds again (blocking), or starts that and says `WouldBlock`.
+    fn session_ended(&self) -> io::Result<()> {
+        if self.session.patience().is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "hvsockd closed this listener (it stopped, restarted, or the partition was removed): bind again",
+            ));
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        if self.nonblocking.load(Ordering::Relaxed) {
+            if let Some(e) = self.session.take_failure() {
+                return Err(e);
             }
-            Err(e) => return Err(session_lost(e)),
-        };
-        let established = established(received)?;
-        self.ack();
-        Ok(established)
+            self.session.recover_in_background(seen)?;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.session.recover_blocking(seen)
+    }
+
+    /// Moves this handle's descriptor onto the newest session, if a re-bind made one.
+    pub(crate) fn catch_up(&self) -> io::Result<()> {
+        let seen = self.generation.load(Ordering::Acquire);
+        let now =
+            self.session
+                .catch_up(&self.sock, seen, self.nonblocking.load(Ordering::Relaxed))?;
+        if now != seen {
+            self.generation.store(now, Ordering::Release);
+            // Acknowledgements owed to the old session mean nothing to the new one.
+            self.unacked.store(0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The re-bind generation this handle's descriptor holds.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// If a re-bind runs, `waker` is woken when it ends (true).
+    pub(crate) fn wake_when_rebound(&self, waker: &Waker) -> bool {
+        self.session.wake_when_done(waker)
+    }
+
+    /// How long to keep binding again after hvsockd ended the session.
+    pub(crate) fn set_rebind_patience(&self, patience: Duration) {
+        self.session.set_patience(patience);
+    }
+
+    pub(crate) fn rebind_patience(&self) -> Duration {
+        self.session.patience()
     }
 
     /// Tells hvsockd that one more connection was taken, with any that could not be told before.
@@ -230,7 +337,9 @@ impl Listener {
     }
 
     pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        super::set_nonblocking(self.sock.as_fd(), on)
+        super::set_nonblocking(self.sock.as_fd(), on)?;
+        self.nonblocking.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn try_clone(&self) -> io::Result<Listener> {
@@ -238,6 +347,9 @@ impl Listener {
             sock: super::dup(self.sock.as_fd())?,
             local: self.local,
             unacked: AtomicU32::new(0),
+            session: self.session.clone(),
+            generation: AtomicU64::new(self.generation()),
+            nonblocking: AtomicBool::new(self.nonblocking.load(Ordering::Relaxed)),
         })
     }
 

@@ -7,7 +7,8 @@
 //! waiting for an answer reads the socket itself and hands answers for other threads over
 //! (leader/followers), so a lone connector pays no thread hand-off. A fork gets a fresh control
 //! connection (the mux remembers its pid), and a control connection that hvsockd closed (a
-//! restart) is replaced on the next connect.
+//! restart) is replaced on the next connect; a connect that finds hvsockd away is tried again
+//! within its timeout ([`connect`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -196,27 +197,113 @@ enum CallError {
 }
 
 /// Connects to `target` through the hvsockd endpoint at `endpoint`.
+///
+/// If hvsockd is away (its endpoint refuses: it was killed and is starting again; or its
+/// endpoint is gone after this process had reached it: a clean stop and a restart), or its
+/// control connection ends before the answer, the connect is tried again, with back-off, for
+/// as long as its timeout allows: a connect issued during a restart succeeds if hvsockd is
+/// back within it. Such a connect also tries again when the new hvsockd says nothing listens
+/// (the listeners are binding again, see `rebind`), until its timeout.
 pub(crate) fn connect(
     endpoint: &Path,
     target: SockAddrHv,
     timeout: Duration,
 ) -> io::Result<Established> {
-    let deadline = Instant::now() + timeout + GRACE;
+    let start = Instant::now();
+    let give_up = start + timeout;
     let mut fresh = false;
+    let mut backoff = FIRST_BACKOFF;
+    // This connect saw hvsockd go away: the new one may answer before the listeners it
+    // expects have bound again (they do within MAX_BACKOFF of its return), so "nothing
+    // listens" is tried again too, within the timeout.
+    let mut saw_restart = false;
     loop {
-        let mux = Mux::get(endpoint, fresh)?;
+        let mux = match Mux::get(endpoint, fresh) {
+            Ok(mux) => mux,
+            Err(e) if hvsockd_away(endpoint, &e) && Instant::now() + backoff < give_up => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                fresh = true;
+                saw_restart = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        remember(endpoint);
         let req = mux.next_req();
-        let frame = connect_request(req, target, timeout);
-        return match mux.call(req, &frame, deadline) {
-            Ok(received) => established(received),
+        // hvsockd gets what is left of the timeout; the answer may take GRACE longer.
+        let left = give_up.saturating_duration_since(Instant::now());
+        let frame = connect_request(req, target, left.max(Duration::from_millis(1)));
+        return match mux.call(req, &frame, Instant::now() + left + GRACE) {
+            Ok(received) => match established(received) {
+                Err(e)
+                    if saw_restart
+                        && e.kind() == io::ErrorKind::ConnectionRefused
+                        && Instant::now() + backoff < give_up =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                other => other,
+            },
             Err(CallError::NotSent(_)) if !fresh => {
                 // The control connection died since the last call (hvsockd restarted): the
-                // request never reached anyone, so one retry on a new connection is safe.
+                // request never reached anyone, so trying on a new connection is safe.
                 fresh = true;
+                saw_restart = true;
+                continue;
+            }
+            Err(CallError::NotSent(e) | CallError::Lost(e))
+                if e.kind() == io::ErrorKind::ConnectionAborted
+                    || e.kind() == io::ErrorKind::BrokenPipe
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                // hvsockd went away with the request: if it had offered the connection, the
+                // listener got a connection whose other end died with hvsockd (it reads EOF),
+                // so asking the next hvsockd again is what the caller wants.
+                if Instant::now() + backoff >= give_up {
+                    return Err(endpoint_error(endpoint, e));
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                fresh = true;
+                saw_restart = true;
                 continue;
             }
             Err(CallError::NotSent(e)) => Err(endpoint_error(endpoint, e)),
             Err(CallError::Lost(e)) => Err(e),
         };
+    }
+}
+
+/// The first pause before trying a connect again while hvsockd is away; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+/// The longest pause between two tries.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Endpoints this process has reached (a missing one of these is hvsockd restarting, not a
+/// wrong path).
+fn reached() -> &'static Mutex<HashSet<PathBuf>> {
+    static REACHED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    REACHED.get_or_init(Default::default)
+}
+
+pub(crate) fn remember(endpoint: &Path) {
+    let mut reached = lock(reached());
+    if !reached.contains(endpoint) {
+        reached.insert(endpoint.to_owned());
+    }
+}
+
+/// Whether `e`, from reaching `endpoint`, means hvsockd is away for now: the endpoint refuses
+/// (nobody listens on the socket: hvsockd was killed), its backlog is full, or it is missing
+/// but this process had reached it before.
+pub(crate) fn hvsockd_away(endpoint: &Path, e: &io::Error) -> bool {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::WouldBlock => true,
+        io::ErrorKind::NotFound => lock(reached()).contains(endpoint),
+        _ => false,
     }
 }

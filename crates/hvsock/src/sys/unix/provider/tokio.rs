@@ -51,31 +51,81 @@ async fn connect_until_answered(
     timeout: Duration,
 ) -> io::Result<Established> {
     static NEXT_REQ: AtomicU32 = AtomicU32::new(1);
+    // As the std client: while hvsockd is away (restarting), try again within the timeout.
+    let give_up = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(2);
+    let mut saw_restart = false;
+    let mut retry = |e: io::Error| {
+        let wait = backoff;
+        backoff = (backoff * 2).min(Duration::from_millis(50));
+        if Instant::now() + wait < give_up {
+            Ok(wait)
+        } else {
+            Err(e)
+        }
+    };
     loop {
         let (fd, pooled) = match pool::take(endpoint) {
             Some(fd) => (fd, true),
-            None => (open_session(endpoint).await?, false),
+            None => match open_session(endpoint).await {
+                Ok(fd) => (fd, false),
+                Err(e) if super::mux::hvsockd_away(endpoint, &e) => {
+                    saw_restart = true;
+                    sleep(retry(e)?).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
+        super::mux::remember(endpoint);
         let session = register(fd)?;
         // Never 0: an `Error` with request id 0 is about the whole session.
         let req = NEXT_REQ.fetch_add(1, Ordering::Relaxed).max(1);
-        match send(&session, &shared::connect_request(req, target, timeout)).await {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let request = shared::connect_request(req, target, left.max(Duration::from_millis(1)));
+        match send(&session, &request).await {
             Ok(()) => {}
             // hvsockd closed this idle connection (it restarted, or the partition went away
             // and came back): the request reached no one, so try the next one.
-            Err(_) if pooled => continue,
-            Err(e) => return Err(endpoint_error(endpoint, e)),
+            Err(_) if pooled => {
+                saw_restart = true;
+                continue;
+            }
+            Err(e) => {
+                sleep(retry(endpoint_error(endpoint, e))?).await;
+                continue;
+            }
         }
         let received = loop {
-            match shared::answer_to(req, recv(&session).await?) {
-                Answer::Mine(received) => break received,
-                Answer::SessionEnded(e) => return Err(e),
-                Answer::NotMine => continue,
+            match recv(&session).await {
+                Ok(received) => match shared::answer_to(req, received) {
+                    Answer::Mine(received) => break Some(received),
+                    Answer::SessionEnded(e) => return Err(e),
+                    Answer::NotMine => continue,
+                },
+                // hvsockd went away with the request: ask the next one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => break None,
+                Err(e) => return Err(e),
             }
+        };
+        let Some(received) = received else {
+            saw_restart = true;
+            sleep(retry(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "hvsockd closed the control connection (it stopped or restarted)",
+            ))?)
+            .await;
+            continue;
         };
         // The session answered and has nothing in flight: it can serve the next connect.
         pool::put(endpoint, session.into_inner());
-        return shared::established(received);
+        match shared::established(received) {
+            // As the std client: the listeners of a restarted hvsockd are binding again.
+            Err(e) if saw_restart && e.kind() == io::ErrorKind::ConnectionRefused => {
+                sleep(retry(e)?).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -93,7 +143,7 @@ pub(crate) async fn bind(
             .map_err(|e| endpoint_error(endpoint, e))?;
         let received = recv(&session).await?;
         // Incoming frames may already follow Bound: they wait in the socket for `accept`.
-        shared::Listener::bound(session.into_inner(), received)
+        shared::Listener::bound(session.into_inner(), received, endpoint, addr, backlog)
     };
     match timeout_at(deadline, bound).await {
         Ok(result) => result,
