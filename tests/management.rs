@@ -641,6 +641,8 @@ fn check_validates_a_config_without_touching_anything() {
     assert!(text.ends_with("ok\n"), "{out:?}");
     for needle in [
         "does not exist yet",
+        "first start:\n  integration service hvsock-session registered (port 50000, disabled, root only on the host)\n",
+        "  integration service hvsock-kvp registered (port 50005, enabled)\n",
         "  partition \"web\" created",
         "  partition \"web-worker\" created",
         "  service \"agent\" created",

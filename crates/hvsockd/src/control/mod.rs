@@ -84,7 +84,9 @@ pub fn open(
 ) -> Result<(Registry, World), StartError> {
     let mut registry = Registry::open(&dirs.registry())?;
     if registry.created() {
-        register_integration_services(&mut registry)?;
+        for line in registry.register_integration_services()? {
+            tracing::info!("{line}");
+        }
     }
     let (applied, default_policy) = declared.apply(&mut registry)?;
     for change in &applied.changes {
@@ -98,35 +100,6 @@ pub fn open(
         }
     }
     Ok((registry, world))
-}
-
-/// Registers hvsock's integration services in a registry just created (a first start): the
-/// VM session and file copy disabled until an administrator enables them, as Hyper-V does with
-/// its Guest Service Interface, and those the agent serves root-only on the host. A registry
-/// that already exists is never changed this way.
-pub fn register_integration_services(registry: &mut Registry) -> Result<(), RegistryError> {
-    for s in hvsock_agent::services::ALL {
-        let (record, added) = registry.add_service(s.id(), s.name, s.enabled_by_default)?;
-        if added == Added::Created && s.root_only_by_default {
-            registry.set_service_access(record.id, Some(&crate::registry::Access::root_only()))?;
-        }
-        tracing::info!(
-            "registered integration service {} (port {}, {}{})",
-            s.name,
-            s.port,
-            if s.enabled_by_default {
-                "enabled"
-            } else {
-                "disabled"
-            },
-            if s.root_only_by_default {
-                ", root only"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(())
 }
 
 /// Host-user rules from names or numbers; an unknown name is [`ControlError::Invalid`].

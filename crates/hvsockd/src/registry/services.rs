@@ -126,6 +126,37 @@ impl Registry {
         Ok(())
     }
 
+    /// Registers hvsock's integration services, as hvsockd does in a registry it has just
+    /// created (a first start): the VM session and file copy disabled until an administrator
+    /// enables them, as Hyper-V does with its Guest Service Interface, and those the agent
+    /// serves root-only on the host. A registry that already exists is never changed this way.
+    /// Returns one line per service, for the log.
+    pub fn register_integration_services(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for s in hvsock_agent::services::ALL {
+            let (record, added) = self.add_service(s.id(), s.name, s.enabled_by_default)?;
+            if added == Added::Created && s.root_only_by_default {
+                self.set_service_access(record.id, Some(&Access::root_only()))?;
+            }
+            lines.push(format!(
+                "integration service {} registered (port {}, {}{})",
+                s.name,
+                s.port,
+                if s.enabled_by_default {
+                    "enabled"
+                } else {
+                    "disabled"
+                },
+                if s.root_only_by_default {
+                    ", root only on the host"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(lines)
+    }
+
     /// Enables or disables a service.
     pub fn set_service_enabled(&mut self, id: ServiceId, enabled: bool) -> Result<()> {
         let changed = self
