@@ -166,3 +166,84 @@ fn a_host_user_the_rule_excludes_is_refused_until_allowed() {
     );
     drop(agent);
 }
+
+#[test]
+fn the_user_hvsockd_runs_as_may_use_its_root_only_services() {
+    support::require_root("running hvsockd as nobody");
+    let tmp = support::tempdir("hvsock-own-");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("hv");
+    std::fs::create_dir(&dir).unwrap();
+    rustix::fs::chown(
+        &dir,
+        Some(rustix::fs::Uid::from_raw(NOBODY)),
+        Some(rustix::fs::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
+    let dirs = hvsock::dirs::Dirs::under(&dir);
+    let log = std::fs::File::create(tmp.path().join("hvsockd.log")).unwrap();
+    let _daemon = support::Guard::spawn(
+        std::process::Command::new(&support::bins().hvsockd)
+            .arg("--dir")
+            .arg(&dir)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log),
+    );
+    support::wait_for("hvsockd as nobody", QUICK, || {
+        std::os::unix::net::UnixStream::connect(dirs.admin_socket()).is_ok()
+    });
+    let hv = |user: Option<u32>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(&support::bins().hvsock);
+        cmd.arg("--dir").arg(&dir).args(args).env("HOME", "/");
+        cmd.env_remove("HVSOCK_DIR").env_remove("HVSOCK_ENDPOINT");
+        if let Some(uid) = user {
+            cmd.uid(uid).gid(uid);
+        }
+        run(&mut cmd, b"", QUICK)
+    };
+    assert!(
+        hv(None, &["service", "enable", "hvsock-session"])
+            .status
+            .success()
+    );
+    let out = hv(None, &["vm", "add", "sb"]);
+    let vm = text(&out.stdout).trim().to_owned();
+    let vm_id = hvsock::VmId::parse(&vm).unwrap();
+    let agent_log = tmp.path().join("agent.log");
+    let _agent = support::Guard::spawn(
+        std::process::Command::new(support::agent_bin())
+            .env("HVSOCK_ENDPOINT", dirs.partition_socket(vm_id))
+            .env_remove("HVSOCK_TRANSPORT")
+            .env("RUST_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap()),
+    );
+    support::wait_for("the agent to serve", QUICK, || {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .contains("serving hvsock-session")
+    });
+    // hvsockd's own user passes the root-only rule; another user does not.
+    let out = hv(Some(NOBODY), &["exec", &vm, "--", "echo", "mine"]);
+    assert_eq!(text(&out.stdout), "mine\n", "{}", text(&out.stderr));
+    // 65533: a uid with no rights to host.sock beyond its mode (0660, nobody's group).
+    let other = NOBODY - 1;
+    let mut cmd = std::process::Command::new(&support::bins().hvsock);
+    cmd.arg("--dir")
+        .arg(&dir)
+        .args(["exec", &vm, "--", "echo", "theirs"])
+        .env("HOME", "/")
+        .uid(other)
+        .gid(NOBODY);
+    let out = run(&mut cmd, b"", QUICK);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("allows root only on the host, not user"),
+        "{}",
+        text(&out.stderr)
+    );
+}

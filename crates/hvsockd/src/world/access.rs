@@ -3,7 +3,8 @@
 //! recorded them when it connected (`SO_PEERCRED`, and the supplementary groups of its pid).
 //!
 //! A service without rules ([`ServiceRecord::access`] `None`) allows whoever may open
-//! `host.sock` (its mode and group decide that). A service with rules allows root, the users
+//! `host.sock` (its mode and group decide that). A service with rules allows root (and the
+//! user hvsockd runs as, who owns `admin.sock` and could change the rules anyway), the users
 //! listed and the members of the groups listed; empty lists mean root only, the default of
 //! the VM session and file copy. Connects from other partitions (sandboxes, guests) are not
 //! host users and are not subject to the rules.
@@ -76,7 +77,9 @@ impl World {
             // Without credentials, nobody but a service without rules.
             None => (u32::MAX, &[][..]),
         };
-        if access.allows(uid, groups) {
+        // hvsockd's own user owns admin.sock and could change the rules anyway (an hvsockd a
+        // user runs for themself, as in the README's walk-through, is theirs).
+        if access.allows(uid, groups) || uid == rustix::process::geteuid().as_raw() {
             return Ok(());
         }
         let who = match cred {
