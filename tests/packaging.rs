@@ -1072,8 +1072,14 @@ fn metrics_answer_curl_over_the_admin_socket() {
         metrics.contains("# TYPE hvsock_connections_total counter"),
         "{metrics}"
     );
+    // scraped and the four integration services a first start registers enabled (the VM
+    // session and file copy start disabled).
     assert!(
-        metrics.contains("hvsock_services{state=\"enabled\"} 1"),
+        metrics.contains("hvsock_services{state=\"enabled\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hvsock_services{state=\"disabled\"} 2"),
         "{metrics}"
     );
 }
