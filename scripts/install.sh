@@ -12,7 +12,7 @@
 #
 # What goes where (PREFIX=/usr/local):
 #   bin/hvsockd, bin/hvsock, bin/hvsock-vhost
-#   lib/systemd/system/hvsockd.service, hvsockd.socket, hvsock-vhost@.service
+#   lib/systemd/system/hvsockd.service, hvsockd.socket, hvsockd-admin.socket, hvsock-vhost@.service
 #   lib/tmpfiles.d/hvsock.conf, lib/sysusers.d/hvsock.conf
 #   share/bash-completion/completions/{hvsock,hvsockd}
 #   share/zsh/site-functions/{_hvsock,_hvsockd}
@@ -84,14 +84,14 @@ install -m 0755 "$binaries/hvsockd" "$binaries/hvsock" "$binaries/hvsock-vhost" 
 step "$bindir/hvsockd, $bindir/hvsock, $bindir/hvsock-vhost"
 
 # The units name /usr/bin/hvsockd, /usr/bin/hvsock-vhost; point them at this prefix.
-for unit in hvsockd.service hvsockd.socket hvsock-vhost@.service; do
+for unit in hvsockd.service hvsockd.socket hvsockd-admin.socket hvsock-vhost@.service; do
     sed -e "s|/usr/bin/hvsockd|${prefix%/}/bin/hvsockd|g" \
         -e "s|/usr/bin/hvsock-vhost|${prefix%/}/bin/hvsock-vhost|g" \
         -e "s|/usr/share/doc/hvsock|${prefix%/}/share/doc/hvsock|g" \
         "$repo/packaging/systemd/$unit" >"$unitdir/$unit"
     chmod 0644 "$unitdir/$unit"
 done
-step "$unitdir/hvsockd.service, hvsockd.socket, hvsock-vhost@.service"
+step "$unitdir/hvsockd.service, hvsockd.socket, hvsockd-admin.socket, hvsock-vhost@.service"
 install -m 0644 "$repo/packaging/tmpfiles.d/hvsock.conf" "$tmpfilesdir/hvsock.conf"
 install -m 0644 "$repo/packaging/sysusers.d/hvsock.conf" "$sysusersdir/hvsock.conf"
 step "$tmpfilesdir/hvsock.conf, $sysusersdir/hvsock.conf"
@@ -125,7 +125,7 @@ next, as root:
   systemd-sysusers                     # creates the hvsock group
   systemd-tmpfiles --create hvsock.conf
   systemctl daemon-reload
-  systemctl enable --now hvsockd.socket hvsockd.service
+  systemctl enable --now hvsockd.socket hvsockd-admin.socket hvsockd.service
   usermod -aG hvsock USER              # lets USER connect through /run/hvsock/host.sock
   hvsock vm add NAME && systemctl enable --now hvsock-vhost@NAME   # a QEMU VM's vsock device
 NEXT

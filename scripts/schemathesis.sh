@@ -15,7 +15,8 @@
 # Installs schemathesis from PyPI into .cache/schemathesis/venv (idempotent: nothing is done
 # when the pinned version is there). schemathesis speaks HTTP over TCP, so hvsockd is started
 # on a temp --dir with `--admin-tcp 127.0.0.1:0` (loopback only, an opt-in for tests and tools)
-# and stopped by its pid when the script ends.
+# and stopped by its pid when the script ends; every request carries the bearer token hvsockd
+# writes for that mode (DIR/admin-tcp.token, mode 0600).
 #
 # Every check runs but positive_data_acceptance: the API has rules that JSON Schema cannot say
 # exactly (names are at most 128 *bytes*, are not GUIDs nor all digits; well-known VmIds are
@@ -63,6 +64,7 @@ for _ in $(seq 200); do
     sleep 0.1
 done
 [ -n "$port" ] || { cat "$work/hvsockd.log" >&2; echo "hvsockd did not say its admin TCP port" >&2; exit 1; }
+token=$(cat "$work/hv/admin-tcp.token")
 
 # Something for the {key} routes to find.
 "$hvsock" --dir "$work/hv" service add echo --port 2761 >/dev/null
@@ -88,6 +90,7 @@ status=0
 timeout $((seconds + 180)) "$st" --config-file "$work/schemathesis.toml" run \
     crates/hvsockd/openapi.json \
     --url "http://127.0.0.1:$port" \
+    --header "Authorization: Bearer $token" \
     --checks all --exclude-checks positive_data_acceptance \
     --max-time "$seconds" --workers 1 --request-timeout 10 \
     --suppress-health-check all \

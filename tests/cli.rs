@@ -50,7 +50,7 @@ fn is_guid_line(s: &str) -> bool {
 
 #[test]
 fn service_add_prints_only_the_guid_and_refuses_clashes() {
-    let d = Daemon::start();
+    let d = Daemon::start_bare();
     let out = hv(&d, &["service", "add", "echo", "--port", "2761"]);
     assert_eq!(out.ok(), format!("{PORT_2761}\n"));
     assert_eq!(out.stderr, "");
@@ -99,7 +99,7 @@ fn service_add_prints_only_the_guid_and_refuses_clashes() {
 
 #[test]
 fn service_list_show_enable_disable_remove() {
-    let d = Daemon::start();
+    let d = Daemon::start_bare();
     hv(&d, &["service", "add", "echo", "--port", "2761"]).ok();
     hv(
         &d,

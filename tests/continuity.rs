@@ -339,3 +339,58 @@ fn a_vms_guest_ports_come_back_with_the_listeners() {
     });
     guest_sends("after\n");
 }
+
+/// A program that polls the listener's raw descriptor itself (non-blocking `accept` in a
+/// `poll` loop, as the `HvListener` docs tell it to): the same descriptor number reports the
+/// hang-up, `accept` says `WouldBlock` while the listener binds again, then the connection made
+/// after the restart arrives on that number.
+#[test]
+fn a_raw_descriptor_poller_gets_its_connections_on_the_same_number_after_a_restart() {
+    let mut d = Daemon::start();
+    let listener = HvListener::bind_with(
+        &d.host(),
+        SockAddrHv::new(VmId::WILDCARD, ServiceId::from_vsock_port(PORT)),
+        8,
+    )
+    .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let fd = listener.as_raw_fd();
+    send_to(&d.host(), PORT, "before\n", QUICK).unwrap();
+    d.restart();
+    let host = d.host();
+    let sent = std::thread::spawn(move || send_to(&host, PORT, "after\n", QUICK));
+    let deadline = Instant::now() + QUICK;
+    let mut texts = Vec::new();
+    let mut would_block = 0;
+    while texts.len() < 2 {
+        assert!(Instant::now() < deadline, "got {texts:?} in time");
+        // The docs' loop: poll the number with a short timeout, then accept.
+        // SAFETY: `fd` is the listener's open descriptor, borrowed for this poll only.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut fds = [rustix::event::PollFd::new(
+            &borrowed,
+            rustix::event::PollFlags::IN,
+        )];
+        let ten_ms = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        rustix::event::poll(&mut fds, Some(&ten_ms)).unwrap();
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(QUICK)).unwrap();
+                let mut text = String::new();
+                conn.read_to_string(&mut text).unwrap();
+                texts.push(text);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => would_block += 1,
+            Err(e) => panic!("an error reached the application: {e}"),
+        }
+        assert_eq!(listener.as_raw_fd(), fd);
+    }
+    sent.join().unwrap().unwrap();
+    assert_eq!(texts, ["before\n", "after\n"]);
+    assert!(would_block > 0);
+    assert_eq!(listener.rebind_generation(), 1);
+}

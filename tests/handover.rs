@@ -229,8 +229,7 @@ fn a_failed_upgrade_leaves_the_old_hvsockd_serving() {
         let log = d.log();
         let line = log
             .lines()
-            .filter(|l| l.contains("upgrade refused"))
-            .last()
+            .rfind(|l| l.contains("upgrade refused"))
             .unwrap();
         assert!(line.contains(expect), "{what}: {line}");
         still_serving(what);

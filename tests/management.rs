@@ -525,6 +525,15 @@ fn a_config_file_is_applied_at_start_and_a_clash_stops_hvsockd() {
     let path_arg = path.to_str().unwrap();
     let mut d = Daemon::start_with(&["--config", path_arg]);
     let services = hv(&d, &["service", "list", "--json"]).json();
+    // Without the integration services of the first start.
+    let services: Vec<Value> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["name"].as_str().unwrap().starts_with("hvsock-"))
+        .cloned()
+        .collect();
+    let services = Value::Array(services);
     let names: Vec<&str> = services
         .as_array()
         .unwrap()
@@ -632,6 +641,8 @@ fn check_validates_a_config_without_touching_anything() {
     assert!(text.ends_with("ok\n"), "{out:?}");
     for needle in [
         "does not exist yet",
+        "first start:\n  integration service hvsock-session registered (port 50000, disabled, root only on the host)\n",
+        "  integration service hvsock-kvp registered (port 50005, enabled)\n",
         "  partition \"web\" created",
         "  partition \"web-worker\" created",
         "  service \"agent\" created",
@@ -678,19 +689,20 @@ fn check_validates_a_config_without_touching_anything() {
     assert!(text.contains("(read only)"), "{out:?}");
     assert!(text.contains("  service \"new\" created\n"), "{out:?}");
     assert!(!text.contains("\"echo\""), "echo is there already: {out:?}");
+    // Nothing written: echo and the six integration services of the first start.
     assert_eq!(
         hv(&d, &["service", "list", "--json"])
             .json()
             .as_array()
             .unwrap()
             .len(),
-        1
+        1 + hvsock_agent::services::ALL.len()
     );
 }
 
 #[test]
 fn export_then_import_into_a_fresh_hvsockd_gives_the_same_registry() {
-    let d1 = Daemon::start();
+    let d1 = Daemon::start_bare();
     let a = d1.add_partition("a", None);
     d1.add_partition("a-child", Some("a"));
     d1.add_partition("b", None);
@@ -719,7 +731,7 @@ fn export_then_import_into_a_fresh_hvsockd_gives_the_same_registry() {
     assert_eq!(hv(&d1, &["registry", "export"]).ok(), exported, "stable");
 
     // Into a fresh hvsockd: the same registry, root id included.
-    let d2 = Daemon::start();
+    let d2 = Daemon::start_bare();
     let dry = hv(&d2, &["registry", "import", file_arg, "--dry-run"]);
     assert!(dry.ok().contains("merge mode, would change:"), "{dry:?}");
     assert_eq!(hv(&d2, &["service", "list", "--json"]).json(), json!([]));
@@ -750,7 +762,7 @@ fn export_then_import_into_a_fresh_hvsockd_gives_the_same_registry() {
 
     // Into a used hvsockd: clashes are listed, one per line, and nothing changes; --replace
     // makes it equal to the file.
-    let d3 = Daemon::start();
+    let d3 = Daemon::start_bare();
     hv(&d3, &["service", "add", "echo", "--port", "2762"]).ok();
     hv(&d3, &["service", "add", "local", "--port", "9"]).ok();
     let before = hv(&d3, &["registry", "export"]).ok().to_owned();
@@ -848,17 +860,51 @@ fn admin_tcp_is_loopback_only_and_serves_the_same_api() {
             .and_then(|p| p.parse::<u16>().ok());
         port.is_some()
     });
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port.unwrap())).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET /v1/host HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply).unwrap();
+    // The credential: a token only hvsockd's user (root) can read.
+    let token_path = d.dir().join("admin-tcp.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_path).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "{token}");
+    let get = |auth: &str| {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port.unwrap())).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            tcp,
+            "GET /v1/host HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let reply = get(&format!("Authorization: Bearer {token}\r\n"));
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains(&d.root_id().to_string()), "{reply}");
+    for wrong in [
+        String::new(),
+        "Authorization: Bearer nope\r\n".to_owned(),
+        format!("Authorization: Basic {token}\r\n"),
+    ] {
+        let reply = get(&wrong);
+        assert!(reply.starts_with("HTTP/1.1 401"), "{wrong:?}: {reply}");
+        assert!(reply.contains("admin-tcp.token"), "{reply}");
+    }
+    // A non-root user cannot read it.
+    support::require_root("reading the token as nobody");
+    let out = run(
+        {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = Command::new("cat");
+            cmd.arg(&token_path).uid(65534).gid(65534);
+            cmd
+        },
+        b"",
+    );
+    assert!(!out.status.success(), "nobody read the token: {out:?}");
 }
 
 /// `curl`, which scripts/packaging-deps.sh installs (scripts/test runs it first).
@@ -872,7 +918,7 @@ fn curl(d: &Daemon, args: &[&str]) -> Out {
 
 #[test]
 fn the_guides_curl_recipes_work() {
-    let d = Daemon::start();
+    let d = Daemon::start_bare();
     let json = ["-H", "Content-Type: application/json"];
     let add = |body: &str| {
         let mut args = json.to_vec();
@@ -915,7 +961,7 @@ fn the_guides_curl_recipes_work() {
     let tmp = support::tempdir("hvsock-mgmt-test-");
     let file = tmp.path().join("registry.json");
     std::fs::write(&file, curl(&d, &["http://hvsockd/v1/registry"]).ok()).unwrap();
-    let fresh = Daemon::start();
+    let fresh = Daemon::start_bare();
     let data = format!("@{}", file.display());
     let mut args = json.to_vec();
     args.extend([

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use agent_support::{pattern, run, sha256_file, text};
 use hvsock::{HvListener, SockAddrHv, VmId};
-use hvsock_agent::services::{FILES, HEARTBEAT, SESSION, SHUTDOWN, Service, TIME};
+use hvsock_agent::services::{FILES, HEARTBEAT, SESSION, Service, TIME};
 use hvsock_agent::wire::{self, Decoder};
 use hvsock_agent::{heartbeat, time};
 use sha2::{Digest, Sha256};
@@ -309,9 +309,11 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
             .env("HVSOCK_CACHE", &cache),
     );
 
+    // hvsockd registered the integration services at first start, the VM session and file
+    // copy disabled: enable them, as an administrator does.
     let d = Daemon::start();
-    for s in [SESSION, FILES, SHUTDOWN] {
-        d.add_service(s.name, s.port);
+    for s in [SESSION, FILES] {
+        d.set_enabled(s.name, true);
     }
     let uds = w.join("vm1.vsock");
     let vm1 = d.add_vm("vm1", &uds);

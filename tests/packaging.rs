@@ -804,7 +804,7 @@ fn manual_pages_render_and_cover_every_command() {
 
 /// Copies the units to a temp dir with ExecStart= pointing at the built hvsockd.
 fn units_for_this_build(dir: &Path) {
-    for unit in ["hvsockd.service", "hvsockd.socket"] {
+    for unit in ["hvsockd.service", "hvsockd.socket", "hvsockd-admin.socket"] {
         let text = std::fs::read_to_string(repo().join("packaging/systemd").join(unit)).unwrap();
         let text = text.replace(
             "ExecStart=/usr/bin/hvsockd",
@@ -868,12 +868,29 @@ fn systemd_units_verify_and_stay_hardened() {
     let socket = std::fs::read_to_string(dir.path().join("hvsockd.socket")).unwrap();
     for want in [
         "ListenSequentialPacket=/run/hvsock/host.sock",
-        "ListenStream=/run/hvsock/admin.sock",
         "FileDescriptorName=host",
-        "FileDescriptorName=admin",
         "SocketGroup=hvsock",
+        "SocketMode=0660",
     ] {
         assert!(socket.contains(want), "{want}");
+    }
+    // systemd applies FileDescriptorName=, SocketGroup= and SocketMode= to every socket of a
+    // unit: admin.sock (root only, named admin) needs a unit of its own.
+    let admin = std::fs::read_to_string(dir.path().join("hvsockd-admin.socket")).unwrap();
+    for want in [
+        "ListenStream=/run/hvsock/admin.sock",
+        "FileDescriptorName=admin",
+        "SocketMode=0600",
+        "Service=hvsockd.service",
+    ] {
+        assert!(admin.contains(want), "{want}");
+    }
+    for (name, text) in [
+        ("hvsockd.socket", &socket),
+        ("hvsockd-admin.socket", &admin),
+    ] {
+        let listens = text.lines().filter(|l| l.starts_with("Listen")).count();
+        assert_eq!(listens, 1, "{name}: one socket per unit");
     }
 
     let analyze = require("systemd-analyze");
@@ -882,6 +899,7 @@ fn systemd_units_verify_and_stay_hardened() {
         "verify",
         "--man=no",
         "./hvsockd.socket",
+        "./hvsockd-admin.socket",
         "./hvsockd.service",
     ])
     .current_dir(dir.path())
@@ -921,6 +939,7 @@ fn systemd_units_verify_and_stay_hardened() {
         "verify",
         "--man=no",
         "./hvsockd.socket",
+        "./hvsockd-admin.socket",
         "./hvsockd.service",
     ])
     .current_dir(dir.path());
@@ -956,6 +975,7 @@ fn install_script_stages_the_whole_tree() {
         ("usr/lib/systemd/system/hvsockd.service", 0o644),
         ("usr/lib/systemd/system/hvsock-vhost@.service", 0o644),
         ("usr/lib/systemd/system/hvsockd.socket", 0o644),
+        ("usr/lib/systemd/system/hvsockd-admin.socket", 0o644),
         ("usr/lib/tmpfiles.d/hvsock.conf", 0o644),
         ("usr/lib/sysusers.d/hvsock.conf", 0o644),
         ("usr/share/bash-completion/completions/hvsock", 0o644),
@@ -1052,8 +1072,14 @@ fn metrics_answer_curl_over_the_admin_socket() {
         metrics.contains("# TYPE hvsock_connections_total counter"),
         "{metrics}"
     );
+    // scraped and the four integration services a first start registers enabled (the VM
+    // session and file copy start disabled).
     assert!(
-        metrics.contains("hvsock_services{state=\"enabled\"} 1"),
+        metrics.contains("hvsock_services{state=\"enabled\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hvsock_services{state=\"disabled\"} 2"),
         "{metrics}"
     );
 }

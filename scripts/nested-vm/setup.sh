@@ -9,6 +9,7 @@
 #   HVSOCK_VM_MODULES    modules to load in the guest, dependencies are added (default below)
 #   HVSOCK_SETUP_FORCE=1 redo every step
 #   HVSOCK_SETUP_MUSL_TOOLS=0  do not apt-get install musl-tools (only needed for crates with C code)
+#   HVSOCK_SETUP_SYSTEMD_ROOTFS=0  do not build the Debian root file system with systemd (rootfs.sh)
 #
 # Writes $HVSOCK_CACHE/nested-vm/env.sh (QEMU, QEMU_FIRMWARE_DIRS, VMLINUZ, KERNEL_VERSION,
 # MODULES_DIR, BUSYBOX, VHOST_DEVICE_VSOCK, ...) for the other scripts to source, and prints it.
@@ -334,3 +335,8 @@ setup_kernel
 setup_musl
 setup_vhost
 write_env
+# The guest with systemd (tests/nested_vm_systemd.rs): built once by rootfs.sh (mmdebstrap, as
+# root), cached under its own lock; a rerun only checks that the cached image is there.
+if [[ "${HVSOCK_SETUP_SYSTEMD_ROOTFS:-1}" == 1 ]]; then
+    "$NV_SCRIPTS/rootfs.sh" --base >/dev/null || nv_die "rootfs.sh --base failed (see its message above)"
+fi

@@ -113,6 +113,14 @@ impl Drop for Agent {
     }
 }
 
+/// hvsockd registers the integration services at first start, the VM session and file copy
+/// disabled: enable them, as an administrator does.
+pub fn enable_session_and_files(d: &Daemon) {
+    for s in [services::SESSION, services::FILES] {
+        d.set_enabled(s.name, true);
+    }
+}
+
 /// A daemon with the three guest-served services registered and enabled, a sandbox `sb`, and
 /// an agent in it started with `args`.
 pub struct Sandbox {
@@ -130,9 +138,7 @@ impl Sandbox {
     /// that must exist first).
     pub fn prepare() -> Prepared {
         let d = Daemon::start();
-        for s in [services::SESSION, services::FILES, services::SHUTDOWN] {
-            d.add_service(s.name, s.port);
-        }
+        enable_session_and_files(&d);
         let vm = d.add_partition("sb", None);
         Prepared { d, vm }
     }
@@ -140,9 +146,7 @@ impl Sandbox {
     /// Like [`Sandbox::start`], the agent run by the command `wrap`.
     pub fn start_with(args: &[&str], wrap: &[&str]) -> Sandbox {
         let d = Daemon::start();
-        for s in [services::SESSION, services::FILES, services::SHUTDOWN] {
-            d.add_service(s.name, s.port);
-        }
+        enable_session_and_files(&d);
         let vm = d.add_partition("sb", None);
         let agent = Agent::start(&d, vm, args, wrap, None);
         Sandbox { agent, vm, d }

@@ -28,6 +28,19 @@ impl Daemon {
         Daemon::start_with(&[])
     }
 
+    /// Starts hvsockd on a new temp dir and unregisters the integration services it registers
+    /// at first start, for tests that count every service of the registry.
+    pub fn start_bare() -> Daemon {
+        let d = Daemon::start();
+        let (_, list) = d.api("GET", "/v1/services", None);
+        for s in list.as_array().unwrap() {
+            let id = s["id"].as_str().unwrap();
+            let (status, reply) = d.api("DELETE", &format!("/v1/services/{id}"), None);
+            assert_eq!(status, 204, "{reply}");
+        }
+        d
+    }
+
     /// Starts hvsockd on a new temp dir with extra arguments.
     pub fn start_with(args: &[&str]) -> Daemon {
         Daemon::start_binary(&bins().hvsockd, args)

@@ -221,6 +221,31 @@ pub struct Service {
     /// only from an hvsockd older than policies).
     #[serde(default)]
     pub effective_policy: Option<Policy>,
+    /// Which host users may connect to it through the root's endpoint; `None`: whoever may
+    /// use that endpoint.
+    #[serde(default)]
+    pub access: Option<Access>,
+}
+
+/// A service's host-user rules: root always, then these users and the members of these
+/// groups; both empty: root only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Allowed users.
+    #[serde(default)]
+    pub users: Vec<Account>,
+    /// Allowed groups.
+    #[serde(default)]
+    pub groups: Vec<Account>,
+}
+
+/// A host user or group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Its uid or gid.
+    pub id: u32,
+    /// Its name (the number, if the host has no name for it).
+    pub name: String,
 }
 
 /// A partition: `GET /v1/partitions/{id-or-name}`.
@@ -474,6 +499,27 @@ pub struct ServicePatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub policy: Option<Option<PolicyPatch>>,
+    /// Absent: as it is; `null`: no host-user rules (whoever may use the root's endpoint);
+    /// rules: these replace the service's.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access: Option<Option<AccessPatch>>,
+}
+
+/// Host-user rules in a [`ServicePatch`]: users and groups by name or number; both empty:
+/// root only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPatch {
+    /// Allowed users.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Allowed groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// A policy in a [`ServicePatch`]: partitions by name or id; each member absent (as it is),

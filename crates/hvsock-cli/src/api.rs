@@ -9,6 +9,6 @@
 //! every field.
 
 pub use hvsock_api::{
-    BindRefusals, ConnectStats, Counts, Host, ImportReport, Listener, ListenerCount, NewPartition,
-    NewService, Partition, PartitionRef, Policy, Service, Stats,
+    Account, BindRefusals, ConnectStats, Counts, Host, ImportReport, Listener, ListenerCount,
+    NewPartition, NewService, Partition, PartitionRef, Policy, Service, Stats,
 };

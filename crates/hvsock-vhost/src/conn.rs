@@ -96,6 +96,8 @@ pub struct Conn {
     host_eof: bool,
     /// The guest will receive no more.
     guest_no_recv: bool,
+    /// A CREDIT_REQUEST went out since the guest last said how much it consumed.
+    credit_requested: bool,
 
     // Guest to host.
     tx_buf: VecDeque<u8>,
@@ -138,6 +140,7 @@ impl Conn {
             readable: false,
             host_eof: false,
             guest_no_recv: false,
+            credit_requested: false,
             tx_buf: VecDeque::new(),
             fwd_cnt: 0,
             fwd_cnt_sent: 0,
@@ -162,6 +165,9 @@ impl Conn {
 
     /// Takes the guest's `buf_alloc` / `fwd_cnt` from one of its packets.
     pub fn peer_credit_from(&mut self, h: &Header) {
+        if h.fwd_cnt != self.peer_fwd_cnt || h.buf_alloc != self.peer_buf_alloc {
+            self.credit_requested = false;
+        }
         self.peer_buf_alloc = h.buf_alloc;
         self.peer_fwd_cnt = h.fwd_cnt;
     }
@@ -194,7 +200,7 @@ impl Conn {
             && self.readable
             && !self.host_eof
             && !self.guest_no_recv
-            && self.peer_credit() > 0
+            && (self.peer_credit() > 0 || !self.credit_requested)
     }
 
     /// A packet from the guest for this connection; `op` is checked already.
@@ -285,7 +291,7 @@ impl Conn {
         let seen_free = self
             .buf_alloc
             .saturating_sub(self.tx_cnt.wrapping_sub(self.fwd_cnt_sent));
-        if unseen > 0 && seen_free < self.buf_alloc / 2 {
+        if unseen > 0 && seen_free < self.buf_alloc / 4 * 3 {
             self.owed.credit_update = true;
         }
         Verdict::Keep
@@ -329,6 +335,15 @@ impl Conn {
             && !self.guest_no_recv
         {
             let room = buf.len().min(self.peer_credit() as usize);
+            if room == 0 && !self.credit_requested {
+                // Linux tells its consumption only when its buffer is nearly full: ask now
+                // rather than wait (as vhost-device-vsock does), so that a stall is short.
+                self.credit_requested = true;
+                return (
+                    Some((self.header(Op::CreditRequest, 0, 0), 0)),
+                    Verdict::Keep,
+                );
+            }
             if room > 0 {
                 let Some(sock) = self.sock.as_mut() else {
                     return (None, Verdict::Keep);

@@ -110,7 +110,8 @@ impl Link {
             .is_some()
     }
 
-    /// Sends a request on the live session.
+    /// Sends a request on the live session, without waiting (`WouldBlock` if hvsockd does not
+    /// read).
     pub fn send(&self, request: &ToHvsockd) -> io::Result<()> {
         let sock = self
             .sock
@@ -135,7 +136,9 @@ impl Link {
                 message: message.clone(),
             },
         };
-        send_frame(&*sock, &frame, None, false)
+        // Never wait: the caller is the worker that carries the VM's data. A full socket means
+        // hvsockd is not reading; the request fails (a connect is refused) instead.
+        send_frame(&*sock, &frame, None, true)
     }
 
     fn push(&self, event: FromHvsockd) {
@@ -254,3 +257,6 @@ fn resolve(target: &Target) -> io::Result<VmId> {
         .map(|reply| reply.value.id)
         .map_err(|e| io::Error::other(format!("looking up VM {}: {e}", target.vm)))
 }
+
+#[cfg(test)]
+mod tests;

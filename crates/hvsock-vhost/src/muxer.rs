@@ -169,11 +169,19 @@ impl Muxer {
     }
 
     /// hvsockd's session ended: the guest's connects waiting for it are refused now (RST), new
-    /// ones at once until it is back; established connections go on.
+    /// ones at once until it is back; host-to-guest connects still waiting for the guest are
+    /// reset too (hvsockd failed their connectors when the session ended, and a new session
+    /// must not hear answers to the old one's requests); established connections go on.
     pub fn hvsockd_down(&mut self) {
         self.online = false;
-        for (_, key) in std::mem::take(&mut self.connects) {
-            self.reset(key, "hvsockd went away before it answered");
+        let waiting: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state != State::Established)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in waiting {
+            self.reset(key, "hvsockd went away before the connection was made");
         }
         self.requests.clear();
     }

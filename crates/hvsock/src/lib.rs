@@ -60,6 +60,17 @@
 //! disabled, or policy forbids it), `HostUnreachable` (no such partition is reachable from here;
 //! unknown and unreachable partitions look the same), `AddrInUse`, `AddrNotAvailable`,
 //! `TimedOut`, `Unsupported`; the message says which service and why.
+//!
+//! # When hvsockd restarts
+//!
+//! Through hvsockd, nothing the application holds breaks when hvsockd is killed and started
+//! again: established connections never pass through it; a listener binds again by itself on
+//! the same descriptor number, so `accept` (std and tokio) returns no error while hvsockd comes
+//! back within the listener's patience (30 s by default; see
+//! [`HvListener`](HvListener#when-hvsockd-goes-away), which also says what programs that poll
+//! the raw descriptor must do); a connect that finds hvsockd away tries again within its
+//! timeout. A sandbox whose partition *directory* is bind-mounted reaches the new hvsockd
+//! through the same mount ([`dirs`]).
 
 pub mod addr;
 pub mod dirs;

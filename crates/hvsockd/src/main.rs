@@ -40,8 +40,10 @@ struct Args {
     /// config file's, else 10].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     handshake_timeout: Option<Duration>,
-    /// Also serve the admin API over HTTP on this loopback address (e.g. 127.0.0.1:8077),
-    /// without authentication: for tests and tools that cannot use admin.sock. Off by default.
+    /// Also serve the admin API over HTTP on this loopback address (e.g. 127.0.0.1:8077), to
+    /// clients that send `Authorization: Bearer TOKEN`, TOKEN being the content of
+    /// DIR/admin-tcp.token (mode 0600, made anew at each start): for tests and tools that
+    /// cannot use admin.sock. Off by default.
     #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
     admin_tcp: Option<SocketAddr>,
     /// Give host.sock to GROUP (mode 0660), so that its members may connect as the root
@@ -67,7 +69,7 @@ fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:8077"))?;
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "{addr} is not a loopback address: the admin API has no authentication, so it is only served on 127.0.0.1 or [::1]"
+            "{addr} is not a loopback address: the admin API over TCP is plain HTTP, so it is only served on 127.0.0.1 or [::1]"
         ));
     }
     Ok(addr)

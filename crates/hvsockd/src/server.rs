@@ -96,7 +96,7 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     /// The admin API's TCP address is not a loopback address.
     #[error(
-        "--admin-tcp {0}: the admin API over TCP is only served on a loopback address (127.0.0.1 or [::1]), because it has no authentication"
+        "--admin-tcp {0}: the admin API over TCP is only served on a loopback address (127.0.0.1 or [::1])"
     )]
     AdminTcpNotLoopback(SocketAddr),
     /// The socket group does not exist (or cannot be looked up).
@@ -130,7 +130,7 @@ pub struct Server {
     guest_ports: Arc<GuestPorts>,
     shutdown: CancellationToken,
     admin: tokio::net::UnixListener,
-    admin_tcp: Option<tokio::net::TcpListener>,
+    admin_tcp: Option<(tokio::net::TcpListener, String)>,
     admin_file: SocketFile,
     holder: Arc<Holder>,
     _admin_hold: Hold,
@@ -332,10 +332,16 @@ impl Server {
                 let local = listener
                     .local_addr()
                     .map_err(socket_err(format!("admin TCP ({addr})")))?;
+                let token_path = dirs.run.join(admin::TCP_TOKEN_FILE);
+                let token = admin::write_tcp_token(&token_path).map_err(socket_err(format!(
+                    "admin TCP token ({})",
+                    token_path.display()
+                )))?;
                 tracing::warn!(
-                    "serving the admin API on http://{local} too, without authentication: for tests and tools only"
+                    "serving the admin API on http://{local} too, to clients that send the bearer token in {} (mode 0600): for tests and tools",
+                    token_path.display()
                 );
-                Some(listener)
+                Some((listener, token))
             }
         };
         tracing::info!(
@@ -373,7 +379,9 @@ impl Server {
 
     /// The admin API's TCP address, if it serves one.
     pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
-        self.admin_tcp.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin_tcp
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The admin API's state (for in-process tests and tools).
@@ -391,8 +399,8 @@ impl Server {
         let admin = admin::serve(self.api.clone(), self.admin, self.shutdown.clone());
         let admin_tcp = async {
             match self.admin_tcp {
-                Some(listener) => {
-                    admin::serve_tcp(self.api.clone(), listener, self.shutdown.clone()).await
+                Some((listener, token)) => {
+                    admin::serve_tcp(self.api.clone(), listener, token, self.shutdown.clone()).await
                 }
                 None => std::future::pending().await,
             }
@@ -416,6 +424,7 @@ impl Server {
         if self.admin_file == SocketFile::Owned {
             let _ = std::fs::remove_file(self.api.dirs.admin_socket());
         }
+        let _ = std::fs::remove_file(self.api.dirs.run.join(admin::TCP_TOKEN_FILE));
         result
     }
 }

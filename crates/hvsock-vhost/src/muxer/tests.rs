@@ -127,6 +127,23 @@ fn a_guest_connect_is_refused_at_once_when_hvsockd_refuses_or_is_away() {
 }
 
 #[test]
+fn host_connects_waiting_for_the_guest_are_reset_when_hvsockd_goes_away() {
+    let mut m = muxer();
+    let (ours, _host) = UnixStream::pair().unwrap();
+    m.guest_connect(1, 6000, ours.into());
+    let h = rx(&mut m)[0].0;
+    m.hvsockd_down();
+    // No answer for the old session goes to the next one; the guest's REQUEST is withdrawn.
+    assert!(m.take_requests().is_empty());
+    assert!(m.is_empty());
+    assert_eq!(ops(&rx(&mut m)), [Op::Rst]);
+    m.hvsockd_up();
+    m.guest_packet(&pkt(Op::Response, 6000, h.src_port, 0, 0, 0), &[]);
+    assert!(m.take_requests().is_empty());
+    assert_eq!(ops(&rx(&mut m)), [Op::Rst]);
+}
+
+#[test]
 fn established_connections_keep_flowing_while_hvsockd_is_away() {
     let mut m = muxer();
     let mut host = guest_connected(&mut m);
@@ -227,6 +244,7 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
     };
     let mut got = Vec::new();
     let mut fwd = 0u32;
+    let mut requests = 0;
     while got.len() < data.len() {
         let packets = rx(&mut m);
         let sent: usize = packets.iter().map(|(_, p)| p.len()).sum();
@@ -236,8 +254,19 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
             "credit exceeded"
         );
         for (h, p) in packets {
-            assert_eq!(Op::from_u16(h.op), Some(Op::Rw));
-            got.extend_from_slice(&p);
+            match Op::from_u16(h.op) {
+                Some(Op::Rw) => got.extend_from_slice(&p),
+                // Out of credit: the device asks once, rather than wait for the guest.
+                Some(Op::CreditRequest) => {
+                    assert_eq!(
+                        got.len() - fwd as usize,
+                        32 * 1024,
+                        "asked with credit left"
+                    );
+                    requests += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
         }
         // The guest's application reads everything and the guest says so.
         fwd = got.len() as u32;
@@ -246,6 +275,7 @@ fn host_to_guest_bytes_follow_the_guests_credit_in_order() {
     }
     writer.join().unwrap();
     assert_eq!(got, data);
+    assert!(requests > 0, "never asked for credit");
     drop(host);
 }
 

@@ -346,3 +346,24 @@ async fn listener_into_std_and_back() {
     listener.accept().await.unwrap();
     assert_eq!(acks(&daemon), 2);
 }
+
+/// Regression: hvsockd killed with our `Ack`s unread makes the kernel report `ECONNRESET` on
+/// the session once, before the `Incoming` frames still queued there; those connections must
+/// still be accepted (binding again at once closed the old session and reset them).
+#[::tokio::test]
+async fn connections_queued_when_hvsockd_dies_with_unread_acks_are_still_accepted() {
+    let (listener, daemon) = listener_over_pair();
+    listener.set_rebind_patience(Duration::ZERO);
+    send_frame(listener.as_fd(), &Frame::Ack { count: 1 }, None, true).unwrap();
+    let mut connector = offer(&daemon, VmId::LOOPBACK);
+    drop(daemon);
+    let (mut conn, _) = listener.accept().await.expect("the queued connection");
+    connector.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    ::tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf)
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"still here");
+    let err = listener.accept().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+}

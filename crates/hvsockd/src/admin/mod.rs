@@ -136,13 +136,78 @@ pub async fn serve(
         .await
 }
 
-/// Serves the API over TCP (`--admin-tcp`, loopback only) until `shutdown`.
+/// The file, in the run directory, that holds the admin API's TCP credential.
+pub const TCP_TOKEN_FILE: &str = "admin-tcp.token";
+
+/// Makes the credential of `--admin-tcp`: 32 random bytes, hex, written to `path` with mode
+/// 0600 (owner: hvsockd's user, so root's on a system install). A previous file is replaced.
+pub fn write_tcp_token(path: &std::path::Path) -> io::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    Ok(token)
+}
+
+/// Whether `header` (an `Authorization` value) carries `token` as a bearer credential,
+/// compared in constant time.
+pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = token.as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Serves the API over TCP (`--admin-tcp`, loopback only) until `shutdown`; every request
+/// must carry `Authorization: Bearer TOKEN`, the content of [`TCP_TOKEN_FILE`], else it is
+/// answered 401 `unauthorized`.
 pub async fn serve_tcp(
     api: Api,
     listener: tokio::net::TcpListener,
+    token: String,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    axum::serve(listener, router(api))
+    use axum::response::IntoResponse;
+    let token = Arc::new(token);
+    let check = axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                let header = request
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                if bearer_matches(header, &token) {
+                    next.run(request).await
+                } else {
+                    http::ApiError::new(
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        format!(
+                            "the admin API over TCP needs `Authorization: Bearer TOKEN`, TOKEN being the content of {TCP_TOKEN_FILE} in hvsockd's run directory (readable by root only)"
+                        ),
+                    )
+                    .into_response()
+                }
+            }
+        },
+    );
+    axum::serve(listener, router(api).layer(check))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -399,7 +399,9 @@ fn request_schema_matches<T: DeserializeOwned + Serialize>(name: &str, full: T) 
 
 #[test]
 fn every_request_schema_matches_its_type() {
-    use hvsock_api::{NewPartition, NewService, PartitionPatch, PolicyPatch, ServicePatch};
+    use hvsock_api::{
+        AccessPatch, NewPartition, NewService, PartitionPatch, PolicyPatch, ServicePatch,
+    };
     request_schema_matches(
         "NewService",
         NewService {
@@ -430,6 +432,10 @@ fn every_request_schema_matches_its_type() {
             name: Some("x".into()),
             enabled: Some(true),
             policy: Some(Some(policy)),
+            access: Some(Some(AccessPatch {
+                users: vec!["root".into()],
+                groups: vec!["0".into()],
+            })),
         },
     );
     request_schema_matches(

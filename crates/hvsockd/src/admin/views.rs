@@ -65,6 +65,21 @@ pub fn service(api: &Api, s: &ServiceRecord) -> Service {
             &world,
             s.policy.as_ref().unwrap_or(world.default_policy()),
         )),
+        access: s.access.as_ref().map(access),
+    }
+}
+
+/// Host-user rules with names.
+pub fn access(a: &crate::registry::Access) -> hvsock_api::Access {
+    use crate::world::access::{group_name, user_name};
+    let account = |id: u32, name: String| hvsock_api::Account { id, name };
+    hvsock_api::Access {
+        users: a.users.iter().map(|u| account(*u, user_name(*u))).collect(),
+        groups: a
+            .groups
+            .iter()
+            .map(|g| account(*g, group_name(*g)))
+            .collect(),
     }
 }
 

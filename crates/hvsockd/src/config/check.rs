@@ -45,13 +45,25 @@ pub fn check(config: &Config, source: Option<&Path>) -> (String, Result<(), Stri
             )
         })
     };
-    let registry = match opened {
+    let mut registry = match opened {
         Ok((registry, note)) => {
             let _ = writeln!(out, "{note}");
             registry
         }
         Err(e) => return (out, Err(e.to_string())),
     };
+    if !path.exists() {
+        // A first start registers the integration services before the file's entries.
+        match registry.register_integration_services() {
+            Ok(lines) => {
+                let _ = writeln!(out, "first start:");
+                for line in lines {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+            Err(e) => return (out, Err(e.to_string())),
+        }
+    }
     let (report, policy, doc) = match config.declared.plan_with_doc(&registry) {
         Ok(planned) => planned,
         Err(e) => return (out, Err(e.to_string())),

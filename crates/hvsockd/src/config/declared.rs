@@ -235,6 +235,7 @@ impl Declared {
                     enabled: entry.enabled.unwrap_or(true),
                     policy,
                     created_at: None,
+                    access: None,
                 }),
             }
         }

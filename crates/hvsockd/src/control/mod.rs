@@ -83,6 +83,11 @@ pub fn open(
     kept_ports: &std::collections::HashSet<(VmId, u32)>,
 ) -> Result<(Registry, World), StartError> {
     let mut registry = Registry::open(&dirs.registry())?;
+    if registry.created() {
+        for line in registry.register_integration_services()? {
+            tracing::info!("{line}");
+        }
+    }
     let (applied, default_policy) = declared.apply(&mut registry)?;
     for change in &applied.changes {
         tracing::info!(config = %declared.source.display(), "{change}");
@@ -95,6 +100,53 @@ pub fn open(
         }
     }
     Ok((registry, world))
+}
+
+/// Host-user rules from names or numbers; an unknown name is [`ControlError::Invalid`].
+fn resolve_access(patch: &hvsock_api::AccessPatch) -> Result<crate::registry::Access> {
+    use nix::unistd::{Group, User};
+    let mut access = crate::registry::Access::default();
+    for u in &patch.users {
+        let uid = match u.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => User::from_name(u)
+                .ok()
+                .flatten()
+                .map(|user| user.uid.as_raw())
+                .ok_or_else(|| {
+                    ControlError::invalid(
+                        "unknown_user",
+                        format!(
+                            "no user {u:?} on this host (give a name from /etc/passwd or a uid)"
+                        ),
+                    )
+                })?,
+        };
+        if !access.users.contains(&uid) {
+            access.users.push(uid);
+        }
+    }
+    for g in &patch.groups {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|group| group.gid.as_raw())
+                .ok_or_else(|| {
+                    ControlError::invalid(
+                        "unknown_group",
+                        format!(
+                            "no group {g:?} on this host (give a name from /etc/group or a gid)"
+                        ),
+                    )
+                })?,
+        };
+        if !access.groups.contains(&gid) {
+            access.groups.push(gid);
+        }
+    }
+    Ok(access)
 }
 
 /// Why [`open`] failed.
@@ -212,16 +264,26 @@ impl Control {
                 p,
             )?)),
         };
+        let access = match patch.access {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(a)) => Some(Some(resolve_access(&a)?)),
+        };
         let (name, enabled) = (patch.name, patch.enabled);
         let before = record.clone();
         let record = self
             .write(move |c| {
-                let record = c.registry().update_service(
+                let mut record = c.registry().update_service(
                     record.id,
                     name.as_deref(),
                     enabled,
                     policy.as_ref().map(Option::as_ref),
                 )?;
+                if let Some(access) = access {
+                    c.registry()
+                        .set_service_access(record.id, access.as_ref())?;
+                    record.access = access;
+                }
                 c.world.lock().put_service(record.clone());
                 Ok(record)
             })
@@ -229,7 +291,7 @@ impl Control {
         if record != before {
             tracing::info!(
                 id = %record.id, name = %record.name, was = %before.name, enabled = record.enabled,
-                policy = ?record.policy, "service changed"
+                policy = ?record.policy, access = ?record.access, "service changed"
             );
         }
         self.sync.settled().await;

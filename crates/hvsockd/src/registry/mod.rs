@@ -37,7 +37,7 @@ pub use transfer::{
 };
 
 /// The schema version this hvsockd writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The name of the root partition.
 pub const ROOT_NAME: &str = "host";
@@ -59,6 +59,10 @@ CREATE TABLE partitions (
     created_at INTEGER NOT NULL
 );
 ";
+
+/// Version 2: the host users a service allows (`access`, JSON [`Access`]; `NULL`: any user
+/// who may use the root's endpoint).
+const SCHEMA_V2: &str = "ALTER TABLE services ADD COLUMN access TEXT;";
 
 /// What went wrong with the registry. Each variant says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,48 @@ pub struct ServiceRecord {
     pub policy: Option<Policy>,
     /// When it was registered, seconds since the Unix epoch.
     pub created_at: i64,
+    /// The host users it allows (connects through the root's endpoint); `None`: anyone who
+    /// may use that endpoint.
+    pub access: Option<Access>,
+}
+
+/// Which host users may connect to a service through the root partition's endpoint
+/// (`host.sock`): root always, then the users listed and the members of the groups listed
+/// (the connecting process's primary or supplementary groups). Empty lists: root only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Allowed uids.
+    #[serde(default)]
+    pub users: Vec<u32>,
+    /// Allowed gids.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+}
+
+impl Access {
+    /// Root only.
+    pub fn root_only() -> Access {
+        Access::default()
+    }
+
+    /// Whether a process with `uid` and `groups` (primary and supplementary gids) may connect.
+    pub fn allows(&self, uid: u32, groups: &[u32]) -> bool {
+        uid == 0 || self.users.contains(&uid) || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+fn access_to_column(access: Option<&Access>) -> Option<String> {
+    access.map(|a| serde_json::to_string(a).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+fn access_from_column(text: Option<String>) -> Result<Option<Access>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|_| RegistryError::Corrupt {
+            what: "service access",
+            value: t.clone(),
+        })
+    })
+    .transpose()
 }
 
 pub use hvsock_api::PartitionKind;
@@ -227,6 +273,7 @@ pub struct Registry {
     conn: Connection,
     path: PathBuf,
     root: VmId,
+    created: bool,
 }
 
 fn now() -> i64 {
@@ -338,10 +385,36 @@ impl Registry {
                 found: version,
             });
         }
-        if version < 1 {
+        let created = version < 1;
+        if created {
             Registry::create_schema(&mut conn, path)?;
+        } else if version < SCHEMA_VERSION {
+            Registry::upgrade(&mut conn, path, version)?;
         }
-        Registry::finish_open(conn, path)
+        let mut registry = Registry::finish_open(conn, path)?;
+        registry.created = created;
+        Ok(registry)
+    }
+
+    /// Whether [`Registry::open`] created it (a first start).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    fn upgrade(conn: &mut Connection, path: &Path, from: i64) -> Result<()> {
+        let open_err = |source| RegistryError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let tx = conn.transaction().map_err(open_err)?;
+        if from < 2 {
+            tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
+        tx.commit().map_err(open_err)?;
+        tracing::info!(registry = %path.display(), "registry upgraded from schema {from} to {SCHEMA_VERSION}");
+        Ok(())
     }
 
     /// Opens an existing registry without writing to it (for `hvsockd --check`).
@@ -373,6 +446,14 @@ impl Registry {
                 value: version.to_string(),
             });
         }
+        if version < 2 {
+            // Read as the current schema without writing: a temporary view (searched before
+            // the database's own tables) adds the column version 2 brought.
+            conn.execute_batch(
+                "CREATE TEMP VIEW services AS SELECT *, NULL AS access FROM main.services",
+            )
+            .map_err(open_err)?;
+        }
         Registry::finish_open(conn, path)
     }
 
@@ -395,6 +476,7 @@ impl Registry {
         };
         let tx = conn.transaction().map_err(open_err)?;
         tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
+        tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
         tx.execute(
             "INSERT INTO partitions (id, name, parent, kind, attachment, created_at)
              VALUES (?1, ?2, NULL, 'root', NULL, ?3)",
@@ -420,6 +502,7 @@ impl Registry {
             conn,
             path: path.to_owned(),
             root,
+            created: false,
         })
     }
 

@@ -43,6 +43,7 @@ impl Registry {
                 enabled,
                 policy: None,
                 created_at,
+                access: None,
             },
             Added::Created,
         ))
@@ -106,6 +107,56 @@ impl Registry {
         self.update_service(id, None, None, Some(policy)).map(drop)
     }
 
+    /// Sets which host users may connect to a service (`None`: anyone who may use the root's
+    /// endpoint).
+    pub fn set_service_access(&mut self, id: ServiceId, access: Option<&Access>) -> Result<()> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE services SET access = ?2 WHERE id = ?1",
+                params![id.to_string(), access_to_column(access)],
+            )
+            .map_err(sql("updating a service's access"))?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound {
+                what: "service",
+                key: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers hvsock's integration services, as hvsockd does in a registry it has just
+    /// created (a first start): the VM session and file copy disabled until an administrator
+    /// enables them, as Hyper-V does with its Guest Service Interface, and those the agent
+    /// serves root-only on the host. A registry that already exists is never changed this way.
+    /// Returns one line per service, for the log.
+    pub fn register_integration_services(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for s in hvsock_agent::services::ALL {
+            let (record, added) = self.add_service(s.id(), s.name, s.enabled_by_default)?;
+            if added == Added::Created && s.root_only_by_default {
+                self.set_service_access(record.id, Some(&Access::root_only()))?;
+            }
+            lines.push(format!(
+                "integration service {} registered (port {}, {}{})",
+                s.name,
+                s.port,
+                if s.enabled_by_default {
+                    "enabled"
+                } else {
+                    "disabled"
+                },
+                if s.root_only_by_default {
+                    ", root only on the host"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(lines)
+    }
+
     /// Enables or disables a service.
     pub fn set_service_enabled(&mut self, id: ServiceId, enabled: bool) -> Result<()> {
         let changed = self
@@ -142,10 +193,10 @@ impl Registry {
 
 /// Every service, as [`service_columns`] reads a row.
 pub(super) const SELECT_SERVICES: &str =
-    "SELECT id, name, enabled, policy, created_at FROM services";
+    "SELECT id, name, enabled, policy, created_at, access FROM services";
 
 /// One row of [`SELECT_SERVICES`], as stored.
-pub(super) type ServiceColumns = (String, String, bool, String, i64);
+pub(super) type ServiceColumns = (String, String, bool, String, i64, Option<String>);
 
 pub(super) fn service_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceColumns> {
     Ok((
@@ -154,12 +205,13 @@ pub(super) fn service_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<Servi
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
 /// A service row as a record; a column hvsockd could not have written is [`RegistryError::Corrupt`].
 pub(super) fn service_record(
-    (id, name, enabled, policy, created_at): ServiceColumns,
+    (id, name, enabled, policy, created_at, access): ServiceColumns,
 ) -> Result<ServiceRecord> {
     Ok(ServiceRecord {
         id: ServiceId(parse_guid("service id", &id)?),
@@ -167,6 +219,7 @@ pub(super) fn service_record(
         enabled,
         policy: policy_from_column(&policy)?,
         created_at,
+        access: access_from_column(access)?,
     })
 }
 

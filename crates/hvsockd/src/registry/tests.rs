@@ -163,3 +163,58 @@ fn update_service_is_one_transaction() {
         .expect("update");
     assert_eq!(reg.service(a).expect("read"), Some(s));
 }
+
+#[test]
+fn a_version_1_registry_is_read_as_is_and_upgraded_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("registry.db");
+    let conn = Connection::open(&path).expect("raw open");
+    conn.execute_batch(SCHEMA_V1).expect("v1");
+    conn.execute(
+        "INSERT INTO partitions (id, name, parent, kind, created_at) VALUES (?1, 'host', NULL, 'root', 0)",
+        [Guid::new_random().to_string()],
+    )
+    .expect("root");
+    conn.execute(
+        "INSERT INTO services (id, name, enabled, created_at) VALUES (?1, 'old', 1, 0)",
+        [ServiceId::from_vsock_port(1).to_string()],
+    )
+    .expect("service");
+    conn.pragma_update(None, "user_version", 1).expect("v1");
+    drop(conn);
+    // Read only (hvsockd --check): readable, nothing written.
+    let ro = Registry::open_read_only(&path).expect("read only");
+    assert_eq!(ro.services().expect("list")[0].access, None);
+    drop(ro);
+    let version = |path: &Path| -> i64 {
+        Connection::open(path)
+            .expect("raw")
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version")
+    };
+    assert_eq!(version(&path), 1);
+    // Opened: upgraded, not created (no integration services are added to it).
+    let mut reg = Registry::open(&path).expect("upgrade");
+    assert!(!reg.created());
+    assert_eq!(version(&path), SCHEMA_VERSION);
+    let id = ServiceId::from_vsock_port(1);
+    reg.set_service_access(
+        id,
+        Some(&Access {
+            users: vec![1000],
+            groups: vec![],
+        }),
+    )
+    .expect("access");
+    drop(reg);
+    let reg = Registry::open(&path).expect("reopen");
+    assert_eq!(
+        reg.service(id)
+            .expect("read")
+            .expect("old")
+            .access
+            .expect("kept")
+            .users,
+        [1000]
+    );
+}

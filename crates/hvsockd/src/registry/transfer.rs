@@ -9,13 +9,15 @@
 //! [`Registry::import`] applies a document in one transaction, or not at all:
 //!
 //! - **merge** (the default) adds what is new and sets `enabled` and `policy` of services that
-//!   are there already to the document's; entries the document does not name stay. An entry
+//!   are there already to the document's (and their host-user `access`, when the document has
+//!   one: a document without rules never opens a service up); entries the document does not name stay. An entry
 //!   whose id or name is already used by a different entry (another name, parent, kind or
 //!   attachment) is a conflict; every conflict is listed and nothing changes.
 //! - **replace** makes the registry equal to the document: entries it does not name are
 //!   removed, and entries it names take its values.
 //!
-//! The root's id: a registry that holds nothing but its root (a fresh hvsockd), or a replace,
+//! The root's id: a registry that holds nothing but its root and services without a policy of
+//! their own (a fresh hvsockd, with the integration services it registers), or a replace,
 //! adopts the document's root id, so that the moved registry is the same, down to the id that
 //! guests may have been given for their host. A merge into a registry that holds anything
 //! keeps its own root id, and reads the document's root id as its own (parents and policies
@@ -59,6 +61,9 @@ pub struct ExportedService {
     /// When it was registered (seconds since the Unix epoch); kept by an import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<i64>,
+    /// The host users it allows; absent or `null`: anyone who may use the root's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
 }
 
 /// A partition in an [`Export`].
@@ -108,6 +113,7 @@ struct Svc {
     enabled: bool,
     policy: Option<Policy>,
     created_at: i64,
+    access: Option<Access>,
 }
 
 fn invalid(message: String) -> RegistryError {
@@ -266,6 +272,7 @@ impl Registry {
                         enabled: s.enabled,
                         policy: s.policy,
                         created_at: s.created_at,
+                        access: s.access,
                     },
                 )
             })
@@ -298,6 +305,7 @@ impl Registry {
                 enabled: s.enabled,
                 policy: s.policy,
                 created_at: Some(s.created_at),
+                access: s.access,
             })
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -356,7 +364,9 @@ impl Registry {
     ) -> Result<(ImportReport, BTreeMap<ServiceId, Svc>, BTreeMap<VmId, Node>)> {
         validate(doc)?;
         let (before_services, before_nodes) = self.load_state()?;
-        let fresh = before_services.is_empty() && before_nodes.is_empty();
+        // Fresh: nothing but the root and services that name no partition (the integration
+        // services a first start registers), so nothing holds the root's id yet.
+        let fresh = before_nodes.is_empty() && before_services.values().all(|s| s.policy.is_none());
         let adopt = fresh || mode == ImportMode::Replace;
         let root = if adopt { doc.root } else { self.root };
         // The document's root reads as the registry's root.
@@ -436,6 +446,11 @@ impl Registry {
                     } else {
                         old.enabled = s.enabled;
                         old.policy = policy;
+                        // A document without rules (an older export) never opens a service
+                        // up: the rules here stay.
+                        if s.access.is_some() {
+                            old.access = s.access.clone();
+                        }
                     }
                     continue;
                 }
@@ -458,6 +473,7 @@ impl Registry {
                     enabled: s.enabled,
                     policy,
                     created_at,
+                    access: s.access.clone(),
                 },
             );
         }
@@ -486,7 +502,8 @@ impl Registry {
                     report.changes.push(format!("service {:?} created", s.name));
                 }
                 Some(old)
-                    if (&old.name, old.enabled, &old.policy) != (&s.name, s.enabled, &s.policy) =>
+                    if (&old.name, old.enabled, &old.policy, &old.access)
+                        != (&s.name, s.enabled, &s.policy, &s.access) =>
                 {
                     report.services.updated += 1;
                     report.changes.push(format!("service {:?} updated", s.name));
@@ -556,14 +573,15 @@ impl Registry {
         .map_err(sql("setting the root's id"))?;
         for (id, s) in services {
             tx.execute(
-                "INSERT INTO services (id, name, enabled, policy, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO services (id, name, enabled, policy, created_at, access)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     id.to_string(),
                     s.name,
                     s.enabled,
                     policy_to_column(s.policy.as_ref()),
-                    s.created_at
+                    s.created_at,
+                    access_to_column(s.access.as_ref())
                 ],
             )
             .map_err(sql("importing a service"))?;

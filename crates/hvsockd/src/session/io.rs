@@ -29,6 +29,10 @@ pub trait FrameIo: std::os::fd::AsFd + Send + Sync + std::fmt::Debug + 'static {
     fn try_send(&self, frame: &Frame, fd: Option<BorrowedFd<'_>>) -> io::Result<()>;
     /// The client's pid, if the kernel tells.
     fn peer_pid(&self) -> Option<u32>;
+    /// The client's credentials, if the kernel tells (for the services' host-user rules).
+    fn peer_cred(&self) -> Option<sys::PeerCred> {
+        None
+    }
 }
 
 /// A client's `SOCK_SEQPACKET` socket, registered with the runtime.
@@ -76,6 +80,10 @@ impl FrameIo for SeqPacket {
 
     fn peer_pid(&self) -> Option<u32> {
         sys::peer_pid(self.0.get_ref())
+    }
+
+    fn peer_cred(&self) -> Option<sys::PeerCred> {
+        sys::peer_cred(self.0.get_ref())
     }
 }
 

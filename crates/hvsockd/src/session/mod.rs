@@ -109,13 +109,15 @@ pub fn transition(state: &State, frame: &Frame) -> Transition {
     }
 }
 
-/// Who is on the other end, for logs.
-#[derive(Debug, Clone, Copy)]
+/// Who is on the other end, for logs and the services' host-user rules.
+#[derive(Debug, Clone)]
 pub struct Client {
     /// The endpoint's partition.
     pub partition: VmId,
     /// The client's pid, if the kernel told.
     pub pid: Option<u32>,
+    /// Its credentials, if the kernel told.
+    pub cred: Option<crate::sys::PeerCred>,
 }
 
 /// Serves one client session on `fd` until it ends, the partition is removed or hvsockd stops.
@@ -168,6 +170,7 @@ impl<T: FrameIo> Session<T> {
             client: Client {
                 partition,
                 pid: sock.peer_pid(),
+                cred: sock.peer_cred(),
             },
             broker,
             limits,
@@ -460,6 +463,23 @@ impl<T: FrameIo> Session<T> {
         }
         let timeout = Duration::from_millis(timeout_ms.into());
         let target = SockAddrHv::from(target);
+        let checked = {
+            let world = self.broker.world().lock();
+            world
+                .check_user(self.client.partition, target, self.client.cred.as_ref())
+                .map_err(|refused| (world.service_key(target.service_id), refused))
+        };
+        if let Err((key, refused)) = checked {
+            self.broker
+                .metrics()
+                .refused(self.client.partition, key, refused.reason);
+            tracing::info!(
+                pid = ?self.client.pid, uid = ?self.client.cred.as_ref().map(|c| c.uid),
+                "refused: {}", refused.message
+            );
+            reply_error(&*self.sock, req, refused.code, &refused.message).await;
+            return;
+        }
         match self
             .broker
             .connect(self.client.partition, target, Conn::Pair, timeout, started)

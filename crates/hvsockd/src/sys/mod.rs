@@ -227,6 +227,46 @@ pub fn peer_pid(fd: impl AsFd) -> Option<u32> {
         .and_then(|cred| u32::try_from(cred.pid.as_raw_nonzero().get()).ok())
 }
 
+/// Who is on the other end of a Unix socket, as the kernel recorded it when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its pid.
+    pub pid: u32,
+    /// Its effective uid.
+    pub uid: u32,
+    /// Its effective gid, then its supplementary groups (from `/proc/PID/status`, read once
+    /// when the session starts; empty past the primary one if the process is already gone).
+    pub groups: Vec<u32>,
+}
+
+/// The credentials of the process on the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_cred(fd: impl AsFd) -> Option<PeerCred> {
+    let cred = rustix::net::sockopt::socket_peercred(fd).ok()?;
+    let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).ok()?;
+    let mut groups = vec![cred.gid.as_raw()];
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        groups.extend(supplementary_groups(&status));
+    }
+    Some(PeerCred {
+        pid,
+        uid: cred.uid.as_raw(),
+        groups,
+    })
+}
+
+/// The `Groups:` line of a `/proc/PID/status`.
+pub fn supplementary_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Why the directory lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

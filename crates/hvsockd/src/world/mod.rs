@@ -10,6 +10,7 @@
 //! open, which guest ports a VM's VMM can reach) is reconciled by a task that watches that one
 //! signal ([`crate::reconcile`]); no caller has to remember to ask for it.
 
+pub mod access;
 pub mod refusal;
 
 use std::collections::HashMap;

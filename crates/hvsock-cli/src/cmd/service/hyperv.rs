@@ -67,6 +67,10 @@ pub fn run_with(
             "policies are enforced by hvsockd; on Windows, Hyper-V decides which VMs reach a \
              service (per-VM GuestCommunicationServices)",
         )),
+        ServiceCommand::Access(_) => Err(CliError::unsupported(
+            "`hvsock service access`",
+            "host-user rules are enforced by hvsockd on host.sock; on Windows, who may connect              is decided by the socket's own security",
+        )),
     }
 }
 

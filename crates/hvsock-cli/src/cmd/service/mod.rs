@@ -10,6 +10,7 @@
 //! On Windows there is no hvsockd: `hyperv` runs `add|list|show|remove` against the Hyper-V
 //! host's own registry of services, and the rest say why they mean nothing there.
 
+pub mod access;
 #[cfg(any(windows, test))]
 pub mod hyperv;
 
@@ -70,6 +71,14 @@ pub enum ServiceCommand {
     /// list allows none. Flags not given leave their rule as it is. Loopback is never
     /// restricted.
     Policy(PolicyArgs),
+    /// Show which host users may connect to a service through host.sock, or change it.
+    ///
+    /// A service without rules allows whoever may open host.sock (root and the hvsock group).
+    /// With rules, root and the users and groups' members given; --root-only leaves root alone
+    /// (the default of hvsock-session, hvsock-files and hvsock-shutdown); --anyone drops the
+    /// rules. Connects from sandboxes and guests are not host users and are never subject to
+    /// them.
+    Access(access::AccessArgs),
 }
 
 /// `hvsock service rename ID|NAME NEW`.
@@ -170,6 +179,7 @@ pub fn run(ctx: &Context, cmd: ServiceCommand, out: &mut dyn Write) -> Result<()
         ServiceCommand::Remove(arg) => remove(ctx, &arg.key, arg.if_exists, out),
         ServiceCommand::Rename(arg) => rename(ctx, &arg.key, &arg.name, out),
         ServiceCommand::Policy(args) => policy(ctx, args, out),
+        ServiceCommand::Access(args) => access::run(ctx, args, out),
     }
 }
 
@@ -299,7 +309,8 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
         .field("enabled", yes_no(s.enabled))
         .field("vsock_port", or_dash(s.vsock_port))
         .field("listeners", s.listeners)
-        .field("created", timestamp(s.created_at));
+        .field("created", timestamp(s.created_at))
+        .field("host users", access::describe(s));
     policy_fields(&mut fields, s);
     Ok(fields.write_to(out)?)
 }

@@ -77,6 +77,17 @@ fn merge_into_a_used_registry_keeps_its_root_and_maps_the_documents() {
         .add_service(ServiceId::from_vsock_port(5), "local", true)
         .expect("local");
     let root = other.root();
+    // A partition holds the root's id (services without a policy do not: a first start's
+    // integration services leave a registry fresh).
+    other
+        .add_partition(
+            VmId(Guid::new_random()),
+            "local-sandbox",
+            root,
+            PartitionKind::Sandbox,
+            None,
+        )
+        .expect("local partition");
     let report = other.import(&doc, ImportMode::Merge, false).expect("merge");
     assert!(!report.root_adopted);
     assert_eq!(other.root(), root);

@@ -249,6 +249,7 @@ impl Listener {
     /// for that, up to the patience; a non-blocking one starts it and says `WouldBlock`, and
     /// reports a re-bind that failed once.
     pub(crate) fn accept(&self) -> io::Result<Established> {
+        let mut reset_seen = false;
         loop {
             self.catch_up()?;
             // `recv_frame` rides out EINTR itself.
@@ -256,6 +257,15 @@ impl Listener {
                 Ok(received) => received,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(e);
+                }
+                // hvsockd died with our `Ack`s unread: the kernel reports that once, before
+                // the `Incoming` frames still queued. Read those first: binding again now
+                // would close the old session, and their connections with it.
+                Err(RecvError::Io(e))
+                    if e.kind() == io::ErrorKind::ConnectionReset && !reset_seen =>
+                {
+                    reset_seen = true;
+                    continue;
                 }
                 Err(e) if e.is_disconnect() => {
                     self.session_ended()?;

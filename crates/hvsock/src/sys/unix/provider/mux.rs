@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use hvsock_proto::Frame;
-use hvsock_proto::unix::{Received, connect_endpoint, recv_frame, send_frame};
+use hvsock_proto::unix::{Received, RecvError, connect_endpoint, recv_frame, send_frame};
 
 use super::{GRACE, connect_request, endpoint_error, established, session_lost};
 use crate::addr::SockAddrHv;
@@ -172,7 +172,14 @@ impl Mux {
         if !wait_readable(self.sock.as_fd(), Some(timeout))? {
             return Ok(None);
         }
-        match recv_frame(&self.sock, true) {
+        let mut received = recv_frame(&self.sock, true);
+        if matches!(&received, Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset)
+        {
+            // hvsockd died with a request of ours unread: the kernel says so once, before the
+            // answers still queued (each may carry a connection already offered): read on.
+            received = recv_frame(&self.sock, true);
+        }
+        match received {
             Ok(received) => Ok(Some(received)),
             Err(e) if e.is_would_block() => Ok(None),
             Err(e) => Err(session_lost(e)),
