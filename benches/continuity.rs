@@ -15,10 +15,11 @@
 //! from the kill to the first successful connect started after it. Then the log lines hvsockd
 //! writes for 10,000 refused sessions from one partition.
 //!
-//! How a cycle restarts hvsockd is a [`Mode`]; `--mode kill9` (the only one so far) kills it
-//! and starts a new one on the same directory, with no service manager holding its sockets.
-//! Another way (e.g. an in-place upgrade by `SIGUSR2`) is one more variant and one more arm in
-//! [`Mode::restart`].
+//! How a cycle restarts hvsockd is a [`Mode`]: `--mode kill9` (the default) kills it and starts
+//! a new one on the same directory, with no service manager holding its sockets; `--mode usr2`
+//! upgrades it in place (`SIGUSR2`: the same binary executed again, same pid, every socket handed
+//! over), and the time without service is then from the signal to the first successful connect
+//! started after it. Another way is one more variant and one more arm in [`Mode::restart`].
 
 #![allow(clippy::unwrap_used)]
 
@@ -49,13 +50,16 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 enum Mode {
     /// `kill -9`, then a new hvsockd on the same directory.
     Kill9,
+    /// `SIGUSR2`: an upgrade in place, every socket handed to the re-executed hvsockd.
+    Usr2,
 }
 
 impl Mode {
     fn parse(s: &str) -> Res<Mode> {
         match s {
             "kill9" => Ok(Mode::Kill9),
-            other => Err(format!("unknown --mode {other:?} (known: kill9)").into()),
+            "usr2" => Ok(Mode::Usr2),
+            other => Err(format!("unknown --mode {other:?} (known: kill9, usr2)").into()),
         }
     }
 
@@ -63,6 +67,26 @@ impl Mode {
     fn restart(self, d: &mut support::Daemon) {
         match self {
             Mode::Kill9 => d.restart(),
+            Mode::Usr2 => {
+                let before = d.log().len();
+                d.signal(rustix::process::Signal::USR2);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let log = d.log()[before..].to_owned();
+                    assert!(
+                        !log.contains("upgrade refused") && !log.contains("upgrade failed"),
+                        "SIGUSR2 did not upgrade: {log}"
+                    );
+                    if log.contains("hvsockd ready") {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no upgraded hvsockd in 30 s: {log}"
+                    );
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
     }
 }
@@ -101,11 +125,12 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench continuity -- [--cycles N] [--connectors N] [--streams N] [--mode kill9]
+const USAGE: &str = "usage: cargo bench --bench continuity -- [--cycles N] [--connectors N] [--streams N] [--mode kill9|usr2]
   --cycles N      restarts of hvsockd (default 100)
   --connectors N  connector threads (default 4; every other one from a sandbox partition)
   --streams N     established connections streaming data throughout (default 3)
-  --mode M        how hvsockd is restarted: kill9 (kill -9, then start again)";
+  --mode M        how hvsockd is restarted: kill9 (kill -9, then start again), or usr2
+                  (SIGUSR2: an upgrade in place keeping every socket)";
 
 fn main() -> ExitCode {
     let opts = match Opts::parse(std::env::args().skip(1)) {
