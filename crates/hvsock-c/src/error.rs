@@ -80,13 +80,15 @@ thread_local! {
 
 /// Makes `e` this thread's last error (errno and message) and logs it if asked to.
 pub fn set(e: &Error) {
-    set_errno(e.errno);
     let text = CString::new(e.message.replace('\0', " ")).unwrap_or_default();
     if log_enabled() && e.errno != libc::EINPROGRESS {
         eprintln!("libhvsock: {}", e.message);
     }
     // A thread being torn down has no message slot any more; errno is still set.
     let _ = LAST.try_with(|last| *last.borrow_mut() = Some(text));
+    // Last: allocating, reading the environment, writing to stderr and the thread-local's first
+    // use may all change errno on the way (a fresh clone's test run saw EAGAIN instead of EINVAL).
+    set_errno(e.errno);
 }
 
 /// The message of this thread's last failure, or an empty string; valid until this thread's
