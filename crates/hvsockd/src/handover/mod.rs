@@ -207,9 +207,24 @@ impl Holder {
     }
 
     /// Stops changing the store: hvsockd is stopping, and what is stored must stay for the
-    /// next start.
-    pub fn freeze(&self) {
+    /// next start. What the manager was not ready for yet is sent first, waiting at most
+    /// `within`.
+    pub fn freeze(&self, within: std::time::Duration) {
         self.lock().frozen = true;
+        if let Some(store) = self.store.get() {
+            let left = store.flush(within);
+            if left > 0 {
+                tracing::warn!(
+                    "{left} notifications to the service manager were never sent: the sockets they were about may not survive this restart"
+                );
+            }
+        }
+    }
+
+    /// Sends the store's messages that the manager was not ready for (see [`store`]); how
+    /// many still wait.
+    pub fn retry_store(&self) -> usize {
+        self.store.get().map_or(0, FdStore::retry)
     }
 
     /// Brings the store in line with the entry `key`'s name.
@@ -254,7 +269,7 @@ impl Holder {
             }
             return;
         }
-        match store.store(entry.socket.as_fd(), &name) {
+        match store.store(entry.socket.clone(), &name) {
             Ok(()) => entry.stored = Some(name),
             Err(e) => tracing::warn!("storing a socket with the service manager: {e}"),
         }
