@@ -83,30 +83,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `cmd` under `timeout(1)` and panics with its output if it fails.
+/// Runs `cmd` (from the repository) under `timeout(1)` and panics with its output if it fails.
 fn run(what: &str, secs: u64, cmd: &mut Command) {
-    let mut wrapped = Command::new("timeout");
-    wrapped
-        .args(["-k", "5", &secs.to_string()])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    wrapped.current_dir(repo());
-    let out = support::run(&mut wrapped, b"", Duration::from_secs(secs + 10));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}) after {:.0?}:\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        out.elapsed,
-        out.stdout,
-        out.stderr
-    );
-    eprintln!("nested_vm_systemd: {what}: {:.1?}", out.elapsed);
+    support::run_checked("nested_vm_systemd", what, secs, cmd.current_dir(repo()));
 }
 
 /// The exports of `setup.sh`'s env.sh.

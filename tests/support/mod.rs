@@ -33,7 +33,9 @@ pub use daemon::{Daemon, Launcher, http, hv};
 #[allow(unused_imports)]
 pub use data::{PORT_2761, pattern, text};
 #[allow(unused_imports)]
-pub use process::{Guard, Out, Proc, QUICK, run, run_ok, wait_exit, wait_for};
+pub use process::{
+    Guard, Out, Proc, QUICK, run, run_checked, run_ok, under_timeout, wait_exit, wait_for,
+};
 
 /// A new temp dir whose name starts with `prefix` (so that what a test leaves is recognisable),
 /// removed when dropped.
