@@ -23,31 +23,7 @@ pub fn repo() -> PathBuf {
 /// Runs `cmd` under `timeout(1)` (which also ends it after `secs`, should its guard not) and
 /// returns its output; panics with it on failure.
 pub fn run(what: &str, secs: u64, cmd: &mut Command) -> Out {
-    let mut wrapped = Command::new("timeout");
-    wrapped
-        .args(["-k", "5", &secs.to_string()])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    let out = support::run(&mut wrapped, b"", Duration::from_secs(secs + 10));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}) after {:.0?}:\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        out.elapsed,
-        out.stdout,
-        out.stderr
-    );
-    eprintln!("nested_vm: {what}: {:.1?}", out.elapsed);
-    out
+    support::run_checked("nested_vm", what, secs, cmd)
 }
 
 /// The exports of `setup.sh`'s env.sh.

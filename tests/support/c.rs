@@ -14,21 +14,7 @@ pub fn repo() -> PathBuf {
 
 /// Runs `cmd` to its end within `secs` (under `timeout(1)`); panics with its output on failure.
 pub fn run(what: &str, secs: u64, cmd: &mut Command) -> Output {
-    let mut wrapped = Command::new("timeout");
-    wrapped
-        .args(["-k", "5", &secs.to_string()])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    let out = wrapped
+    let out = super::under_timeout(secs, cmd)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));

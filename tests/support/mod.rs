@@ -3,7 +3,8 @@
 //!
 //! - `build`: [`bins`] and [`examples_dir`]: the binaries and the examples under test, built
 //!   with the tests' own cargo, profile and target directory;
-//! - `daemon`: [`Daemon`], hvsockd on a fresh temp dir, ended when dropped; [`http`], a tiny
+//! - `daemon`: [`Daemon`], hvsockd on a fresh temp dir (started as a [`Launcher`] says, for a
+//!   test that plays the service manager), ended when dropped; [`http`], a tiny
 //!   client of its admin API; [`hv`], the `hvsock` CLI aimed at it;
 //! - `process`: [`Guard`], which every process a test starts is held by (killed and reaped
 //!   when dropped); [`Proc`], a process whose stdin the test writes and whose output is
@@ -28,11 +29,13 @@ use std::path::{Path, PathBuf};
 #[allow(unused_imports)]
 pub use build::{Bins, agent_bin, bins, example, examples_dir, test_profile, vhost_bin};
 #[allow(unused_imports)]
-pub use daemon::{Daemon, http, hv};
+pub use daemon::{Daemon, Launcher, http, hv};
 #[allow(unused_imports)]
 pub use data::{PORT_2761, pattern, text};
 #[allow(unused_imports)]
-pub use process::{Guard, Out, Proc, QUICK, run, run_ok, wait_exit, wait_for};
+pub use process::{
+    Guard, Out, Proc, QUICK, run, run_checked, run_ok, under_timeout, wait_exit, wait_for,
+};
 
 /// A new temp dir whose name starts with `prefix` (so that what a test leaves is recognisable),
 /// removed when dropped.

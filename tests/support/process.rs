@@ -5,6 +5,8 @@
 //! - [`Proc`]: a child whose stdin the test writes and whose stdout and stderr are collected as
 //!   they come (the interactive `hvsock listen` / `hvsock connect` of the CLI tests);
 //! - [`run`]: a command run to its end within a bound, as an [`Out`];
+//! - [`under_timeout`] and [`run_checked`]: a command that starts processes of its own (a VM, a
+//!   build) run under `timeout(1)`, which also ends what it started should the bound pass;
 //! - [`wait_for`]: waiting for a condition, with a bound.
 
 use std::io::{Read, Write};
@@ -305,6 +307,46 @@ impl Out {
     pub fn json(&self) -> Value {
         serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
+}
+
+/// `cmd` wrapped in `timeout -k 5 SECS`, with its arguments, environment and directory, so that
+/// the whole process group it starts ends after `secs` even if the test itself is stuck.
+pub fn under_timeout(secs: u64, cmd: &Command) -> Command {
+    let mut wrapped = Command::new("timeout");
+    wrapped
+        .args(["-k", "5", &secs.to_string()])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+/// Runs `cmd` [`under_timeout`] to its end with no input, says how long it took (prefixed by
+/// `who`), and panics with its output if it failed.
+pub fn run_checked(who: &str, what: &str, secs: u64, cmd: &Command) -> Out {
+    let out = run(
+        &mut under_timeout(secs, cmd),
+        b"",
+        Duration::from_secs(secs + 10),
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}) after {:.0?}:\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        out.elapsed,
+        out.stdout,
+        out.stderr
+    );
+    eprintln!("{who}: {what}: {:.1?}", out.elapsed);
+    out
 }
 
 /// Runs `cmd` to its end with `input` on stdin, killing it and failing if it takes longer than
