@@ -1,7 +1,9 @@
 //! The agent's side of the host-served services (heartbeat, time sync, key-value exchange) end
 //! to end: an agent in a sandbox connects to listeners that this test binds in the root for the
 //! three services, playing the host's part with the crate's own host-side logic (the
-//! heartbeat's `Tracker`, time's `answer`, key-value `Mirror`), through a real hvsockd.
+//! heartbeat's `Tracker`, time's `answer`, key-value `Mirror`), through a real hvsockd. hvsockd
+//! serves heartbeat and time itself, bound to CHILDREN in the root; this test's listeners are
+//! bound to the sandbox's own id, more specific, so they take its connections.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,9 +19,9 @@ use hvsock_agent::services::{HEARTBEAT, KVP, Service, TIME};
 use hvsock_agent::wire::{self, Decoder};
 use hvsock_agent::{heartbeat, kvp, time};
 
-fn listen(d: &support::Daemon, service: Service) -> HvListener {
+fn listen(d: &support::Daemon, vm: VmId, service: Service) -> HvListener {
     d.add_service(service.name, service.port);
-    HvListener::bind_with(&d.host(), SockAddrHv::new(VmId::WILDCARD, service.id()), 4).unwrap()
+    HvListener::bind_with(&d.host(), SockAddrHv::new(vm, service.id()), 4).unwrap()
 }
 
 fn accept(l: &HvListener, service: Service) -> (HvStream, Decoder) {
@@ -40,9 +42,9 @@ fn heartbeat_time_and_key_values_reach_the_host_and_follow_it_through_reconnects
     let dir = kvp_dir.path().display().to_string();
     // The listeners are bound before the agent starts, so its first connects succeed.
     let prepared = Sandbox::prepare();
-    let hb = listen(&prepared.d, HEARTBEAT);
-    let tm = listen(&prepared.d, TIME);
-    let kv = listen(&prepared.d, KVP);
+    let hb = listen(&prepared.d, prepared.vm, HEARTBEAT);
+    let tm = listen(&prepared.d, prepared.vm, TIME);
+    let kv = listen(&prepared.d, prepared.vm, KVP);
     let s = prepared.with_agent(&["--kvp-dir", &dir]);
 
     // Heartbeat: Facts, then beats.

@@ -187,6 +187,7 @@ fn service_verbs_are_idempotent_and_say_what_they_did() {
 #[test]
 fn partition_verbs_children_rename_and_if_exists() {
     let d = Daemon::start();
+    d.without_own_services();
     let a = hv(&d, &["vm", "add", "a"]).ok().trim().to_owned();
     hv(&d, &["vm", "add", "a1", "--parent", "a"]).ok();
     hv(&d, &["vm", "add", "a0", "--parent", a.as_str()]).ok();
@@ -980,6 +981,7 @@ fn the_guides_curl_recipes_work() {
 #[test]
 fn attachments_show_guest_ports_and_follow_the_policy() {
     let d = Daemon::start();
+    d.without_own_services();
     let vms = support::tempdir("hvsock-mgmt-test-");
     let path = vms.path().join("fc.vsock");
     let vm = d.add_vm("fc", &path);

@@ -366,6 +366,7 @@ fn only_template_services_cross_into_a_guest() {
 #[test]
 fn guest_ports_open_exactly_while_a_listener_the_vm_may_reach_exists() {
     let d = Daemon::start();
+    d.without_own_services();
     let dir = vm_dir();
     let path1 = dir.path().join("vm1.vsock");
     let path2 = dir.path().join("vm2.vsock");
@@ -669,6 +670,7 @@ fn stale_guest_sockets_go_at_start_and_open_ones_at_stop() {
 #[test]
 fn the_cli_attaches_a_vm_and_connects_into_its_guest() {
     let d = Daemon::start();
+    d.without_own_services();
     let dir = vm_dir();
     let path = dir.path().join("vm.vsock");
     let vmm = FakeVmm::start(&path, Behavior::Ok { drop_first: 1 });

@@ -242,6 +242,32 @@ impl Daemon {
         assert_eq!(status, 200, "{reply}");
     }
 
+    /// Disables the services hvsockd serves itself (heartbeat, time) and waits until it has
+    /// unbound them: for tests that count listeners or a VM's guest ports.
+    pub fn without_own_services(&self) {
+        for name in ["hvsock-heartbeat", "hvsock-time"] {
+            self.set_enabled(name, false);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, listeners) = self.api("GET", "/v1/listeners", None);
+            let own = listeners.as_array().is_some_and(|l| {
+                l.iter().any(|l| {
+                    ["hvsock-heartbeat", "hvsock-time"]
+                        .contains(&l["service_name"].as_str().unwrap_or(""))
+                })
+            });
+            if !own {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hvsockd kept its own services bound: {listeners}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Adds a sandbox partition under `parent` (the root if `None`) and waits for its
     /// endpoint.
     pub fn add_partition(&self, name: &str, parent: Option<&str>) -> VmId {

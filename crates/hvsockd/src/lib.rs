@@ -62,6 +62,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod sys;
 pub mod world;

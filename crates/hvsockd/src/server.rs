@@ -7,6 +7,7 @@
 //! ```text
 //!  control::open (registry + --config + world) ─▶ world::Shared ─▶ Broker
 //!  Endpoints, GuestPorts (over the broker) ─▶ Reconciler (follows the world) ─▶ Control
+//!  services (heartbeat, time: listeners of hvsockd's own in the world, see [`services`])
 //!  admin::Api (control + views)
 //! ```
 //!
@@ -41,6 +42,7 @@ use crate::handover::{FdStore, Hold, Holder, Kept, intake};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::registry::RegistryError;
+use crate::services::{self, guests::Guests, heartbeat::Heartbeat, time::Time};
 use crate::sys::activation::{self, ActivationError, ListenFds};
 use crate::sys::{self, LockError};
 use crate::world;
@@ -293,6 +295,21 @@ impl Server {
         let kvp = crate::kvp::Pools::new(registry.kvp_pools()?);
         let control = Control::new(registry, world.clone(), reconciler.sync(), kvp);
         tokio::spawn(reconciler.run(shutdown.clone()));
+        // The services hvsockd serves itself: bound now, after the kept sessions, so that a
+        // program that held one of them before the restart keeps it (see [`services`]).
+        let guests = Arc::new(Guests::default());
+        services::start(
+            broker.clone(),
+            vec![
+                Arc::new(Heartbeat {
+                    guests: guests.clone(),
+                }),
+                Arc::new(Time {
+                    guests: guests.clone(),
+                }),
+            ],
+            shutdown.clone(),
+        );
         let dup = |fd: &std::os::fd::OwnedFd| {
             fd.try_clone()
                 .map(Arc::new)
@@ -361,6 +378,7 @@ impl Server {
             metrics,
             dirs,
             started: Instant::now(),
+            guests,
         };
         Ok(Server {
             api,

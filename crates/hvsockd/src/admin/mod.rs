@@ -105,6 +105,8 @@ pub struct Api {
     pub dirs: Dirs,
     /// When hvsockd started.
     pub started: Instant,
+    /// What the heartbeat and time services know of each guest.
+    pub guests: Arc<crate::services::guests::Guests>,
 }
 
 /// Creates the admin socket at `path`, mode 0600 from the start (see [`sys::listen_unix`]),

@@ -1,0 +1,88 @@
+//! The host's side of `hvsock-heartbeat` (protocol: [`hvsock_agent::heartbeat`]): the agent
+//! says Hello, then Facts and a Beat every 2 s; each feeds the partition's entry in
+//! [`Guests`]. The guest is `lost` once the connection ends or no beat came for
+//! [`LOST_AFTER`](hvsock_agent::heartbeat::LOST_AFTER) (7 s).
+//!
+//! A connection ends on anything out of place (a frame over [`MAX_FRAME`], a malformed or
+//! oversized Facts, a Beat before Facts or counting down, an unknown kind), when it says
+//! nothing for [`IDLE`], or when a newer connection of the partition replaces it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hvsock::ServiceId;
+use hvsock_agent::heartbeat;
+use hvsock_agent::services::HEARTBEAT;
+use hvsock_agent::wire::WireError;
+
+use super::conn::Conn;
+use super::guests::Guests;
+use super::{Incoming, Served, Serving};
+
+/// The largest frame taken: Facts of four strings of [`heartbeat::MAX_FACT`] bytes,
+/// JSON-escaped (at most 6 bytes per byte), with room to spare.
+pub const MAX_FRAME: usize = 8 * 1024;
+
+/// A connection silent this long ends (the agent beats every 2 s).
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// The heartbeat service, feeding `guests`.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// Where the guests' state goes.
+    pub guests: Arc<Guests>,
+}
+
+impl Served for Heartbeat {
+    fn id(&self) -> ServiceId {
+        HEARTBEAT.id()
+    }
+
+    fn name(&self) -> &'static str {
+        HEARTBEAT.name
+    }
+
+    fn serve(self: Arc<Self>, conn: Incoming) -> Serving {
+        Box::pin(async move {
+            let Incoming {
+                partition,
+                seq,
+                stream,
+                ended,
+                ..
+            } = conn;
+            let mut conn = Conn::new(stream, MAX_FRAME);
+            tokio::select! {
+                welcomed = conn.welcome(heartbeat::SERVICE, heartbeat::VERSIONS) => { welcomed?; }
+                () = ended.cancelled() => return Ok(()),
+            }
+            self.guests.connect(partition, seq);
+            let result = loop {
+                let frame = tokio::select! {
+                    frame = tokio::time::timeout(IDLE, conn.read()) => frame,
+                    () = ended.cancelled() => break Ok(()),
+                };
+                let frame = match frame {
+                    Ok(Ok(Some(frame))) => frame,
+                    Ok(Ok(None)) => break Ok(()),
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => {
+                        break Err(WireError::Invalid(format!(
+                            "nothing for {} s (the agent beats every {} s)",
+                            IDLE.as_secs(),
+                            heartbeat::INTERVAL.as_secs()
+                        )));
+                    }
+                };
+                if let Err(e) = self.guests.heartbeat(partition, seq, &frame) {
+                    break Err(e);
+                }
+            };
+            self.guests.disconnect(partition, seq);
+            if let Err(e) = &result {
+                conn.send_error(e).await;
+            }
+            result
+        })
+    }
+}
