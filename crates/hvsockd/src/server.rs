@@ -290,7 +290,8 @@ impl Server {
             reconciler.pass();
         }
         guest_ports.drop_unused_kept();
-        let control = Control::new(registry, world.clone(), reconciler.sync());
+        let kvp = crate::kvp::Pools::new(registry.kvp_pools()?);
+        let control = Control::new(registry, world.clone(), reconciler.sync(), kvp);
         tokio::spawn(reconciler.run(shutdown.clone()));
         let dup = |fd: &std::os::fd::OwnedFd| {
             fd.try_clone()
