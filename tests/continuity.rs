@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, Transport, VmId};
@@ -36,6 +37,22 @@ fn receive_one(listener: &HvListener) -> String {
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
     text
+}
+
+/// [`receive_one`] on a thread of its own; [`received`] waits for its answer within a bound.
+fn receiving(listener: &Arc<HvListener>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let listener = listener.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(receive_one(&listener));
+    });
+    rx
+}
+
+/// What [`receiving`]'s thread received, within [`QUICK`].
+fn received(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(QUICK)
+        .expect("the listener accepts and receives within QUICK")
 }
 
 /// A sandbox: a shell in a private mount namespace that bind-mounts (read-only) the
@@ -156,27 +173,29 @@ fn listen_keep_and_a_library_listener_serve_on_across_kill_9_and_restart() {
     let mut d = Daemon::start();
     let mut keep = Proc::spawn(d.cli().args(["listen", "--keep", "-v", "wildcard:5000"]));
     keep.wait_stderr("listening on");
-    let listener = HvListener::bind_with(
-        &d.host(),
-        SockAddrHv::new(VmId::WILDCARD, ServiceId::from_vsock_port(PORT + 1)),
-        8,
-    )
-    .unwrap();
+    let listener = Arc::new(
+        HvListener::bind_with(
+            &d.host(),
+            SockAddrHv::new(VmId::WILDCARD, ServiceId::from_vsock_port(PORT + 1)),
+            8,
+        )
+        .unwrap(),
+    );
     let fd = listener.as_raw_fd();
     send_to(&d.host(), PORT, "before\n", QUICK).unwrap();
     send_to(&d.host(), PORT + 1, "lib before\n", QUICK).unwrap();
     assert_eq!(receive_one(&listener), "lib before\n");
     keep.wait_stdout("--keep to serve", |out| out.ends_with(b"before\n"));
 
-    // The library listener waits in accept through the crash.
-    std::thread::scope(|scope| {
-        let accepting = scope.spawn(|| receive_one(&listener));
-        std::thread::sleep(Duration::from_millis(100));
-        d.restart();
-        send_to(&d.host(), PORT, "after\n", QUICK).expect("--keep's listener is back");
-        send_to(&d.host(), PORT + 1, "lib after\n", QUICK).expect("the library listener is back");
-        assert_eq!(accepting.join().unwrap(), "lib after\n");
-    });
+    // The library listener waits in accept through the crash. (On a thread of its own, whose
+    // answer is awaited within a bound: a failure fails the test instead of leaving it waiting
+    // in accept, as a scoped thread would.)
+    let accepting = receiving(&listener);
+    std::thread::sleep(Duration::from_millis(100));
+    d.restart();
+    send_to(&d.host(), PORT, "after\n", QUICK).expect("--keep's listener is back");
+    send_to(&d.host(), PORT + 1, "lib after\n", QUICK).expect("the library listener is back");
+    assert_eq!(received(&accepting), "lib after\n");
     keep.wait_stdout("--keep to serve after the restart", |out| {
         out.ends_with(b"before\nafter\n")
     });
@@ -185,13 +204,11 @@ fn listen_keep_and_a_library_listener_serve_on_across_kill_9_and_restart() {
     assert_eq!(listener.rebind_generation(), 1);
     // The descriptor is the new session: it works again after a second crash. (The re-bind
     // starts when an accept notices the end of the session: a server waits in accept.)
-    std::thread::scope(|scope| {
-        let accepting = scope.spawn(|| receive_one(&listener));
-        std::thread::sleep(Duration::from_millis(100));
-        d.restart();
-        send_to(&d.host(), PORT + 1, "again\n", QUICK).unwrap();
-        assert_eq!(accepting.join().unwrap(), "again\n");
-    });
+    let accepting = receiving(&listener);
+    std::thread::sleep(Duration::from_millis(100));
+    d.restart();
+    send_to(&d.host(), PORT + 1, "again\n", QUICK).unwrap();
+    assert_eq!(received(&accepting), "again\n");
     assert_eq!(listener.as_raw_fd(), fd);
     // With no patience, a lost session is an error at once, as before.
     listener.set_rebind_patience(Duration::ZERO);

@@ -14,16 +14,21 @@
 //!   just before, both established connections carry data, the sandbox reaches the listener
 //!   through the same mount, and the listener is still bound with the same descriptor (its
 //!   socket inode) and printed no error; a connect loop measures the time without service.
+//!   The shipped unit enables systemd's descriptor store (`FileDescriptorStoreMax=`), so after
+//!   both hvsockd resumes every socket from it: the listener's very socket and the sandbox's
+//!   endpoint (same inodes) are required. Last, `systemctl stop hvsockd`: systemd empties the
+//!   store then (the next start, by socket activation, resumes nothing) and the listener binds
+//!   again by itself.
 //!
 //! The guest reports `HVSOCK-SYSVM CHECK <name> ok|FAIL <detail>` lines on its serial console;
 //! this test reads whole lines, prints every result and the measured gaps, and requires the
 //! checks in [`REQUIRED`]. The listener's checks: `*-listener-same-fd` (the application's
-//! descriptor numbers are still sockets: the library re-binds onto them after a crash) and
-//! `*-listener-same-socket` (the very same socket, by inode: only hvsockd resuming the session
-//! from systemd's descriptor store keeps it), which is reported and becomes required when that
-//! store is in place. hvsockd inside the guest is a provider of its own: it uses only its
-//! Unix sockets, and nothing here opens `AF_VSOCK` (the guest has the vsock modules, which
-//! udev loads for the VM's device, and no program uses them). Everything is bounded; QEMU and
+//! descriptor numbers are still sockets: the library would re-bind onto them after a crash
+//! without a store) and `*-listener-same-socket` (the very same socket, by inode: hvsockd
+//! resumed the session from systemd's descriptor store). hvsockd inside the guest is a
+//! provider of its own: it uses only its Unix sockets, and nothing here opens `AF_VSOCK` (the
+//! guest has the vsock modules, which udev loads for the VM's device, and no program uses
+//! them). Everything is bounded; QEMU and
 //! vhost-device-vsock are stopped by run-vm.sh (SIGTERM by pid when this test ends early).
 //!
 //! The figures: `cargo test --test nested_vm_systemd -- --nocapture` prints lines like
@@ -63,6 +68,9 @@ const REQUIRED: &[&str] = &[
     "restart-sandbox-reaches",
     "restart-listener-no-error",
     "restart-listener-same-fd",
+    "restart-listener-same-socket",
+    "restart-resumed-from-store",
+    "restart-endpoint-same-socket",
     "restart-listener-serves",
     "restart-connects-answered",
     "kill-service-back",
@@ -72,8 +80,14 @@ const REQUIRED: &[&str] = &[
     "kill-sandbox-reaches",
     "kill-listener-no-error",
     "kill-listener-same-fd",
+    "kill-listener-same-socket",
+    "kill-resumed-from-store",
+    "kill-endpoint-same-socket",
     "kill-listener-serves",
     "kill-connects-answered",
+    "stop-store-emptied",
+    "stop-listener-serves",
+    "stop-sandbox-reaches",
 ];
 
 /// The bound on the guest, from QEMU's start to power-off.

@@ -863,6 +863,20 @@ fn systemd_units_verify_and_stay_hardened() {
     let service = std::fs::read_to_string(dir.path().join("hvsockd.service")).unwrap();
     assert!(service.contains("Type=notify"));
     assert!(service.contains("--socket-group hvsock"));
+    // The descriptor store, sized for systemd (FileDescriptorStoreMax=) and for hvsockd, which
+    // older systemd does not tell ($FDSTORE): the two must agree.
+    let setting = |key: &str| {
+        service
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("hvsockd.service has no {key}"))
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let store_max = setting("FileDescriptorStoreMax=");
+    assert!(store_max >= 1024, "FileDescriptorStoreMax={store_max}");
+    assert_eq!(setting("Environment=FDSTORE="), store_max);
     assert!(service.contains("RestrictAddressFamilies=AF_UNIX\n"));
     assert!(!service.contains("AF_VSOCK\n"));
     let socket = std::fs::read_to_string(dir.path().join("hvsockd.socket")).unwrap();

@@ -15,9 +15,12 @@
 # mount namespace that bind-mounted its partition's directory; `hvsock listen --keep` bound;
 # an established connection from the host and one from the sandbox), then `restart`
 # (systemctl restart hvsockd) and `kill` (kill -9 of hvsockd; Restart=on-failure brings it
-# back): after each, the listener must still be bound with the same descriptor and no error, the
-# sandbox reach it through the same mount, both connections carry data, the registry hold its
-# writes; a connect loop measures the time without service.
+# back): after each, hvsockd must have resumed its sockets from systemd's descriptor store, the
+# listener must still be bound on the very same socket with no error, the sandbox's endpoint be
+# the same socket and reach it through the same mount, both connections carry data, the
+# registry hold its writes; a connect loop measures the time without service. Last, `stop`
+# (systemctl stop hvsockd): systemd empties the store, the next start resumes nothing, and the
+# listener binds again by itself.
 set -u
 # A write to a connection whose process ended fails (EPIPE) instead of killing the driver.
 trap "" PIPE
@@ -134,6 +137,7 @@ why=$(echo_ok sandbox)
 check sandbox-reaches "$?" "from the sandbox through $sb_ep $why"
 fds_before=$(sockets_of "$listener")
 say "INFO listener pid $listener sockets: $fds_before"
+endpoint_before=$(stat -c %i "$src/endpoint.sock" 2>&1)
 
 # Established connections: one from the host, one from the sandbox; fds 5 and 6 feed them.
 open_conn() { # NAME FD CMD...
@@ -214,6 +218,16 @@ phase() {
     done
     check "$name-service-back" "$([ "$pid" != "$old_pid" ] && [ "$(systemctl is-active hvsockd.service)" = active ]; echo $?)" \
         "hvsockd pid $old_pid -> $pid after $((($(now_us) - t0) / 1000)) ms"
+    # hvsockd took its sockets back from systemd's descriptor store (its own log says so).
+    local resumed
+    resumed=$(journalctl -u hvsockd.service --since "@$((t0 / 1000000))" -o cat --no-pager 2>&1 |
+        grep -m1 "resuming the sockets")
+    check "$name-resumed-from-store" "$([ -n "$resumed" ]; echo $?)" "${resumed:-no resuming line in the journal of hvsockd since the action}"
+    # The partition's endpoint is the very socket the sandbox mounted (same inode).
+    local endpoint_now
+    endpoint_now=$(stat -c %i "$src/endpoint.sock" 2>&1)
+    check "$name-endpoint-same-socket" "$([ "$endpoint_now" = "$endpoint_before" ]; echo $?)" \
+        "endpoint.sock inode before: $endpoint_before; now: $endpoint_now"
     sleep 4
     touch /tmp/gap.stop
     wait "$loop"
@@ -245,8 +259,8 @@ phase() {
     # does the descriptor store) ...
     check "$name-listener-same-fd" "$([ $alive = 0 ] && same_fd_numbers "$fds_before" "$fds_now"; echo $?)" \
         "before: $fds_before; now: $fds_now"
-    # ... and so is the socket behind them (same inode): only hvsockd resuming the listener's
-    # session from systemd's descriptor store keeps it; a re-bind makes a new one.
+    # ... and so is the socket behind them (same inode): hvsockd resumed the listener's session
+    # from systemd's descriptor store; a re-bind by the library would have made a new one.
     check "$name-listener-same-socket" "$([ $alive = 0 ] && [ "$fds_now" = "$fds_before" ]; echo $?)" \
         "before: $fds_before; now: $fds_now"
     why=$(echo_ok host)
@@ -272,4 +286,24 @@ phase() {
 kill_main() { kill -9 "$(main_pid)"; }
 phase restart systemctl restart hvsockd.service
 phase kill kill_main
+
+# ---------------------------------------------------------------- stop
+# `systemctl stop` empties the descriptor store (a stop means stop): the next start, by socket
+# activation, resumes nothing, and the listener binds again by itself (library re-bind).
+old_pid=$(main_pid)
+t0=$(now_us)
+systemctl stop hvsockd.service
+stopped=$(systemctl is-active hvsockd.service)
+why=$(echo_ok host)
+rc=$?
+pid=$(main_pid)
+resumed=$(journalctl -u hvsockd.service --since "@$((t0 / 1000000))" -o cat --no-pager 2>&1 |
+    grep -m1 "resuming the sockets")
+# (The listener's re-bind itself may start hvsockd again through hvsockd.socket at once.)
+check stop-store-emptied "$([ "$pid" != "$old_pid" ] && [ -z "$resumed" ]; echo $?)" \
+    "hvsockd.service $stopped right after systemctl stop; pid $old_pid -> $pid; ${resumed:-nothing resumed at the next start}"
+check stop-listener-serves "$rc" "after systemctl stop and a start by socket activation $why"
+why=$(echo_ok sandbox)
+check stop-sandbox-reaches "$?" "through the same mount ($layout layout) $why"
+say "INFO listener sockets after stop: $(sockets_of "$listener") (before: $fds_before)"
 finish

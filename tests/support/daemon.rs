@@ -13,13 +13,28 @@ use hvsock::{ServiceId, Transport, VmId};
 
 use super::{Guard, Out, QUICK, bins, run, tempdir};
 
+/// Makes the command that starts the hvsockd binary it is given, for a test that plays the
+/// service manager (environment, inherited descriptors); [`Daemon`] adds `--dir`, the
+/// arguments, the log and stdio.
+pub type Launcher = Box<dyn FnMut(&Path) -> Command + Send>;
+
 /// A running hvsockd on its own temp dir.
-#[derive(Debug)]
 pub struct Daemon {
     process: Option<Guard>,
     dir: tempfile::TempDir,
     args: Vec<String>,
     binary: PathBuf,
+    launcher: Option<Launcher>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("process", &self.process)
+            .field("dir", &self.dir)
+            .field("binary", &self.binary)
+            .finish()
+    }
 }
 
 impl Daemon {
@@ -54,6 +69,22 @@ impl Daemon {
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             binary: binary.to_owned(),
+            launcher: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts hvsockd on a new temp dir through `launcher`, each start (see [`Launcher`]).
+    /// Its admin socket is left where it is at each start: it may be a kept one.
+    pub fn start_launched(launcher: Launcher) -> Daemon {
+        let dir = tempdir("hvsock-test-");
+        let mut daemon = Daemon {
+            process: None,
+            dir,
+            args: Vec::new(),
+            binary: bins().hvsockd.clone(),
+            launcher: Some(launcher),
         };
         daemon.spawn();
         daemon
@@ -67,9 +98,15 @@ impl Daemon {
             .open(&log_path)
             .unwrap();
         let admin = self.dirs().admin_socket();
-        let _ = std::fs::remove_file(&admin);
+        let mut command = match &mut self.launcher {
+            Some(launch) => launch(&self.binary),
+            None => {
+                let _ = std::fs::remove_file(&admin);
+                Command::new(&self.binary)
+            }
+        };
         let process = Guard::spawn(
-            Command::new(&self.binary)
+            command
                 .arg("--dir")
                 .arg(self.dir.path())
                 .args(&self.args)
@@ -166,6 +203,12 @@ impl Daemon {
     /// Starts hvsockd again on the same directory.
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// Starts hvsockd again on the same directory after it ended (e.g. [`Daemon::kill9`]).
+    pub fn respawn(&mut self) {
+        assert!(self.process.is_none(), "hvsockd still runs");
         self.spawn();
     }
 

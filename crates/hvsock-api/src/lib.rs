@@ -18,6 +18,9 @@
 //! | [`Attachment`] / [`GuestPort`] | `Attachment` | `GET /v1/attachments` |
 //! | [`Stats`] | `Stats` | `GET /v1/stats` |
 //! | [`ImportReport`] | `ImportReport` | `POST /v1/registry` |
+//! | [`Kvp`] / [`GuestKvp`] | `Kvp` | `GET /v1/partitions/{key}/kvp` |
+//! | [`KvpPair`] | `KvpPair` | `GET`/`PUT /v1/partitions/{key}/kvp/{name}` |
+//! | [`KvpValue`] | request body | `PUT /v1/partitions/{key}/kvp/{name}` |
 //! | [`ErrorBody`] | `Error` | every error answer |
 //!
 //! Reading is lenient: members a newer hvsockd adds are ignored, and members an older one
@@ -615,4 +618,87 @@ mod tests {
             serde_json::json!({"name": "echo", "port": 2761, "enabled": true})
         );
     }
+}
+
+/// Which key-value pool: the host's (set on the host, read in the guest) or the guest's
+/// (filled by the agent and guest programs, read on the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvpPoolName {
+    /// The host's pool.
+    Host,
+    /// The guest's pool.
+    Guest,
+}
+
+impl KvpPoolName {
+    /// The name shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvpPoolName::Host => "host",
+            KvpPoolName::Guest => "guest",
+        }
+    }
+}
+
+impl fmt::Display for KvpPoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A partition's key-value pools: `GET /v1/partitions/{id-or-name}/kvp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kvp {
+    /// The partition.
+    pub partition: PartitionRef,
+    /// The host's pool (kept in the registry).
+    #[serde(default)]
+    pub host: BTreeMap<String, String>,
+    /// The guest's pool as its agent last sent it.
+    #[serde(default)]
+    pub guest: GuestKvp,
+}
+
+/// A guest's pool as its agent last sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestKvp {
+    /// Whether an agent is connected now; if not, `pairs` are what the last one sent.
+    #[serde(default)]
+    pub connected: bool,
+    /// Whether the connected agent has sent its whole pool.
+    #[serde(default)]
+    pub synced: bool,
+    /// When the agent last sent something (or connected), seconds since the Unix epoch;
+    /// `None`: no agent since hvsockd started.
+    #[serde(default)]
+    pub updated_at: Option<i64>,
+    /// The pairs.
+    #[serde(default)]
+    pub pairs: BTreeMap<String, String>,
+}
+
+/// One pair of a pool: `GET`/`PUT /v1/partitions/{id-or-name}/kvp/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvpPair {
+    /// The partition.
+    pub partition: PartitionRef,
+    /// The pool it is in.
+    pub pool: KvpPoolName,
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// For the guest pool: whether its agent is connected now (if not, the value is what it
+    /// sent last); `None` for the host pool.
+    #[serde(default)]
+    pub connected: Option<bool>,
+}
+
+/// The body of `PUT /v1/partitions/{id-or-name}/kvp/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvpValue {
+    /// The value: at most 2048 bytes.
+    pub value: String,
 }

@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::{
-    Host, ImportReport, Listener, NewPartition, NewService, Partition, Service, Stats,
+    Host, ImportReport, Kvp, KvpPair, KvpPoolName, KvpValue, Listener, NewPartition, NewService,
+    Partition, Service, Stats,
 };
 
 /// How long one request may take, connection included, when not set otherwise.
@@ -473,6 +474,51 @@ impl AdminClient {
     /// The direct children of a partition.
     pub fn children(&self, key: &str) -> Result<Reply<Vec<Partition>>, AdminError> {
         self.get_typed(&format!("/v1/partitions/{}/children", segment(key)))
+    }
+
+    /// `PUT path` with `body` as JSON.
+    pub fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<Value, AdminError> {
+        self.call(Method::PUT, path, Some(body))
+    }
+
+    /// A partition's key-value pools (the host's and the guest's).
+    pub fn kvp(&self, vm: &str) -> Result<Reply<Kvp>, AdminError> {
+        self.get_typed(&format!("/v1/partitions/{}/kvp", segment(vm)))
+    }
+
+    /// One pair of a partition's `pool`.
+    pub fn kvp_get(
+        &self,
+        vm: &str,
+        key: &str,
+        pool: KvpPoolName,
+    ) -> Result<Reply<KvpPair>, AdminError> {
+        self.get_typed(&format!(
+            "/v1/partitions/{}/kvp/{}?pool={pool}",
+            segment(vm),
+            segment(key)
+        ))
+    }
+
+    /// Sets a pair of a partition's host pool.
+    pub fn kvp_set(&self, vm: &str, key: &str, value: &str) -> Result<Reply<KvpPair>, AdminError> {
+        let path = format!("/v1/partitions/{}/kvp/{}", segment(vm), segment(key));
+        let json = self.put(
+            &path,
+            &KvpValue {
+                value: value.to_owned(),
+            },
+        )?;
+        self.typed(&format!("PUT {path}"), json)
+    }
+
+    /// Deletes a pair of a partition's host pool.
+    pub fn kvp_delete(&self, vm: &str, key: &str) -> Result<(), AdminError> {
+        self.delete(&format!(
+            "/v1/partitions/{}/kvp/{}",
+            segment(vm),
+            segment(key)
+        ))
     }
 
     /// The registry as a document.

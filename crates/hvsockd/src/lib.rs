@@ -33,6 +33,8 @@
 //!   machine, with retries), the pure choice of guest ports, and the `PATH_<port>` sockets;
 //! - [`broker`]: the one connect path (route → offer → delivered / refused / waiting →
 //!   counted), for sessions, guest ports and whatever comes next;
+//! - [`kvp`]: the key-value exchange's pools (host pools mirrored from the registry, guest
+//!   pools as agents send them);
 //! - [`world`]: the in-memory world (registry mirror and live listeners) that turns router
 //!   decisions into answers, and raises the change signal;
 //! - [`listeners`]: a bound listener and its backlog, in front of a sink;
@@ -52,6 +54,7 @@ pub mod control;
 pub mod daemon;
 pub mod endpoint;
 pub mod handover;
+pub mod kvp;
 pub mod listeners;
 pub mod manual;
 pub mod metrics;

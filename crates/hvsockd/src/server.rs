@@ -26,7 +26,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hvsock::dirs::Dirs;
 use tokio_util::sync::CancellationToken;
@@ -225,6 +225,9 @@ impl Server {
             refused: _,
         } = resumed;
         let shutdown = CancellationToken::new();
+        if holder.has_store() {
+            tokio::spawn(retry_store(holder.clone(), shutdown.clone()));
+        }
         let endpoints = Arc::new(Endpoints::new(
             broker.clone(),
             config.limits,
@@ -287,7 +290,8 @@ impl Server {
             reconciler.pass();
         }
         guest_ports.drop_unused_kept();
-        let control = Control::new(registry, world.clone(), reconciler.sync());
+        let kvp = crate::kvp::Pools::new(registry.kvp_pools()?);
+        let control = Control::new(registry, world.clone(), reconciler.sync(), kvp);
         tokio::spawn(reconciler.run(shutdown.clone()));
         let dup = |fd: &std::os::fd::OwnedFd| {
             fd.try_clone()
@@ -413,7 +417,7 @@ impl Server {
         if self.holder.has_store() {
             // Everything stays open in the store, files included, for the next start: a
             // restart is no outage. (A `systemctl stop` makes the manager close them.)
-            self.holder.freeze();
+            self.holder.freeze(STORE_FLUSH);
             tracing::info!("hvsockd stopping; its sockets stay in the service manager's store");
             return result;
         }
@@ -426,6 +430,24 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.api.dirs.run.join(admin::TCP_TOKEN_FILE));
         result
+    }
+}
+
+/// How long a stopping hvsockd waits for the service manager to take the store's last
+/// messages.
+const STORE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Sends the store's messages the service manager was not ready for, as it becomes ready: the
+/// event loop never waits for it ([`crate::handover::store`]).
+async fn retry_store(holder: Arc<Holder>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        holder.retry_store();
     }
 }
 

@@ -5,6 +5,7 @@
 //!   Windows, against Hyper-V's own registry: `service::hyperv`)
 //! - [`vm`]: `hvsock vm add|list|show|remove|rename|children`
 //! - [`registry`]: `hvsock registry export|import`
+//! - [`kvp`]: `hvsock kvp list|get|set|delete`, the key-value exchange's pools
 //! - [`net`]: `hvsock listen` and `hvsock connect`
 //! - [`addr`]: `hvsock addr`
 //! - [`stats`]: `hvsock stats` and `hvsock listeners`
@@ -32,6 +33,7 @@ pub mod agent;
 pub mod cp;
 pub mod exec;
 pub mod generate;
+pub mod kvp;
 pub mod net;
 pub mod registry;
 pub mod service;
@@ -134,6 +136,13 @@ commands! {
     Shell(exec::ShellArgs),
     /// Copy files and directories in and out of a guest or sandbox: one side is VM:/path.
     Cp(cp::CpArgs),
+    /// Read and set the key-value pairs exchanged with a guest or sandbox's agent.
+    ///
+    /// The host pool is set here and read in the guest (`hvsock-agent kvp get --pool host
+    /// KEY`, /run/hvsock-agent/kvp/host/KEY); the guest pool is filled by the agent
+    /// (hostname, os, kernel, agent) and guest programs, and read here.
+    #[command(subcommand)]
+    Kvp(kvp::KvpCommand),
     /// OpenSSH ProxyCommand: connect to VM's vsock port and hand ssh the socket.
     ///
     /// In ssh_config: `Host hvsock/* hvsock%*`, `ProxyCommand hvsock ssh-proxy %h %p`,

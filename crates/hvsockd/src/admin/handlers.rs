@@ -7,14 +7,17 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use hvsock_api::{
-    Attachment, Host, Listener, NewPartition, NewService, Partition, PartitionPatch, Service,
-    ServicePatch, Stats,
+    Attachment, GuestKvp, Host, Kvp, KvpPair, KvpPoolName, KvpValue, Listener, NewPartition,
+    NewService, Partition, PartitionPatch, PartitionRef, Service, ServicePatch, Stats,
 };
 use serde::Deserialize;
 
 use super::http::ApiResult;
 use super::{Api, OPENAPI, views};
-use crate::registry::{Added, Export, ImportMode, ImportReport, PartitionKind, PartitionRecord};
+use crate::control::ControlError;
+use crate::registry::{
+    Added, Export, ImportMode, ImportReport, KvpSet, PartitionKind, PartitionRecord,
+};
 
 fn created(added: Added) -> StatusCode {
     match added {
@@ -144,6 +147,111 @@ pub async fn partition_children(
     Ok(Json(
         children.iter().map(|p| views::partition(&api, p)).collect(),
     ))
+}
+
+fn partition_ref(p: &PartitionRecord) -> PartitionRef {
+    PartitionRef {
+        id: p.id,
+        name: p.name.clone(),
+    }
+}
+
+pub async fn show_kvp(
+    State(api): State<Api>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Kvp>> {
+    let (record, host) = api.control.kvp_host(&key)?;
+    let guest = api.control.kvp().guest(record.id);
+    Ok(Json(Kvp {
+        partition: partition_ref(&record),
+        host,
+        guest: GuestKvp {
+            connected: guest.connected,
+            synced: guest.synced,
+            updated_at: guest.updated_at,
+            pairs: guest.pairs,
+        },
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvpParams {
+    #[serde(default = "host_pool")]
+    pool: KvpPoolName,
+}
+
+fn host_pool() -> KvpPoolName {
+    KvpPoolName::Host
+}
+
+pub async fn show_kvp_pair(
+    State(api): State<Api>,
+    UrlPath((key, name)): UrlPath<(String, String)>,
+    params: Result<Query<KvpParams>, QueryRejection>,
+) -> ApiResult<Json<KvpPair>> {
+    let Query(params) = params?;
+    let (record, value, connected) = match params.pool {
+        KvpPoolName::Host => {
+            let (record, pool) = api.control.kvp_host(&key)?;
+            let value = pool.get(&name).cloned();
+            (record, value, None)
+        }
+        KvpPoolName::Guest => {
+            let (record, pool) = api.control.kvp_guest(&key)?;
+            let value = pool.pairs.get(&name).cloned();
+            (record, value, Some(pool.connected))
+        }
+    };
+    let Some(value) = value else {
+        return Err(ControlError::NoKey {
+            key: name,
+            pool: params.pool.as_str(),
+            partition: record.name,
+        }
+        .into());
+    };
+    Ok(Json(KvpPair {
+        partition: partition_ref(&record),
+        pool: params.pool,
+        key: name,
+        value,
+        connected,
+    }))
+}
+
+pub async fn set_kvp_pair(
+    State(api): State<Api>,
+    UrlPath((key, name)): UrlPath<(String, String)>,
+    body: Result<Json<KvpValue>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<KvpPair>)> {
+    let Json(body) = body?;
+    let (record, set) = api
+        .control
+        .kvp_set(&key, name.clone(), body.value.clone())
+        .await?;
+    let status = match set {
+        KvpSet::Created => StatusCode::CREATED,
+        KvpSet::Replaced => StatusCode::OK,
+    };
+    Ok((
+        status,
+        Json(KvpPair {
+            partition: partition_ref(&record),
+            pool: KvpPoolName::Host,
+            key: name,
+            value: body.value,
+            connected: None,
+        }),
+    ))
+}
+
+pub async fn delete_kvp_pair(
+    State(api): State<Api>,
+    UrlPath((key, name)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    api.control.kvp_delete(&key, name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_listeners(State(api): State<Api>) -> Json<Vec<Listener>> {

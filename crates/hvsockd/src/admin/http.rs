@@ -123,6 +123,8 @@ impl From<RegistryError> for ApiError {
                 (StatusCode::BAD_REQUEST, "unknown_partition")
             }
             RegistryError::InvalidImport(_) => (StatusCode::BAD_REQUEST, "invalid_registry"),
+            RegistryError::InvalidKvp(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            RegistryError::KvpFull { .. } => (StatusCode::CONFLICT, "kvp_full"),
             RegistryError::Conflicts(list) => {
                 let message = format!(
                     "the import clashes with the registry ({} conflict{}, listed in details); nothing was changed: use mode=replace to make the registry equal to the document, or fix the entries",
@@ -148,7 +150,7 @@ impl From<ControlError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, code, message)
             }
             ControlError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            ControlError::NotFound { .. } => {
+            ControlError::NotFound { .. } | ControlError::NoKey { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
             }
             ControlError::Internal(_) => {

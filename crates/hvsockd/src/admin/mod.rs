@@ -17,6 +17,10 @@
 //! | `PATCH /v1/partitions/{id-or-name}` `{name?}` | renames it |
 //! | `GET /v1/partitions/{id-or-name}/children` | its direct children |
 //! | `DELETE /v1/partitions/{id-or-name}` | removes it, its endpoint and its listeners |
+//! | `GET /v1/partitions/{id-or-name}/kvp` | its key-value pools: the host's and the guest's (with whether its agent is connected) |
+//! | `GET /v1/partitions/{id-or-name}/kvp/{key}?pool=host\|guest` | one pair (default: the host pool); 404 `not_found` if absent |
+//! | `PUT /v1/partitions/{id-or-name}/kvp/{key}` `{value}` | sets a pair of the host pool (201 if new, 200 if replaced), kept in the registry |
+//! | `DELETE /v1/partitions/{id-or-name}/kvp/{key}` | deletes a pair of the host pool (404 `not_found` if absent) |
 //! | `GET /v1/listeners` | live listeners |
 //! | `GET /v1/attachments` | VM attachments and the `PATH_<port>` sockets open for their guests |
 //! | `GET /v1/registry` | the registry as a document (export) |
@@ -239,6 +243,10 @@ routes! {
     patch "/v1/partitions/{key}" => patch_partition,
     delete "/v1/partitions/{key}" => remove_partition,
     get "/v1/partitions/{key}/children" => partition_children,
+    get "/v1/partitions/{key}/kvp" => show_kvp,
+    get "/v1/partitions/{key}/kvp/{name}" => show_kvp_pair,
+    put "/v1/partitions/{key}/kvp/{name}" => set_kvp_pair,
+    delete "/v1/partitions/{key}/kvp/{name}" => delete_kvp_pair,
     get "/v1/listeners" => list_listeners,
     get "/v1/attachments" => list_attachments,
     get "/v1/registry" => export_registry,

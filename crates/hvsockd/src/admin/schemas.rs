@@ -231,6 +231,22 @@ async fn every_answer_validates_against_its_schema_and_every_member_shows_up() {
         )
         .await
         .unwrap();
+    // Key-value pairs in both pools (the guest's as an agent connection would fill it).
+    for part in ["web", "fc"] {
+        let (status, answer) = call(
+            &app,
+            "PUT",
+            &format!("/v1/partitions/{part}/kvp/k"),
+            Some(json!({"value": "v"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let web = api.control.partition("web").unwrap().id;
+    let feed = api.control.kvp().connect_guest(web);
+    for msg in hvsock_agent::kvp::snapshot(&BTreeMap::from([("gk".into(), "gv".into())])) {
+        feed.apply(msg).unwrap();
+    }
     // Wait for the guest port to open.
     let fc = api.control.partition("fc").unwrap().id;
     for _ in 0..100 {
@@ -258,11 +274,15 @@ async fn every_answer_validates_against_its_schema_and_every_member_shows_up() {
             if !path.contains("{key}") && key != "host" {
                 continue;
             }
+            // The host has no key-value pools (400 root_partition).
+            if path.contains("/kvp") && key == "host" {
+                continue;
+            }
             let is_service = path.starts_with("/v1/services/");
             if path.contains("{key}") && is_service != matches!(key, "echo" | "plain") {
                 continue;
             }
-            let url = path.replace("{key}", key);
+            let url = path.replace("{key}", key).replace("{name}", "k");
             let (status, answer) = call(&app, "GET", &url, None).await;
             assert_eq!(status, StatusCode::OK, "GET {url}: {answer}");
             checker.check(
@@ -272,6 +292,29 @@ async fn every_answer_validates_against_its_schema_and_every_member_shows_up() {
             );
         }
     }
+    // The guest pool's pair, a PUT's answer.
+    let (status, answer) = call(&app, "GET", "/v1/partitions/web/kvp/gk?pool=guest", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["connected"], json!(true), "{answer}");
+    checker.check(
+        "GET guest pair",
+        &answer,
+        &schema_of("get", "/v1/partitions/{key}/kvp/{name}", "200"),
+    );
+    let (status, answer) = call(
+        &app,
+        "PUT",
+        "/v1/partitions/web/kvp/k",
+        Some(json!({"value": "w"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    checker.check(
+        "PUT pair",
+        &answer,
+        &schema_of("put", "/v1/partitions/{key}/kvp/{name}", "200"),
+    );
+    drop(feed);
     // A POST answer, an import report and an error.
     let (_, answer) = call(
         &app,
@@ -438,6 +481,7 @@ fn every_request_schema_matches_its_type() {
             })),
         },
     );
+    request_schema_matches("KvpValue", hvsock_api::KvpValue { value: "v".into() });
     request_schema_matches(
         "PartitionPatch",
         PartitionPatch {

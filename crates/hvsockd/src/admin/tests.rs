@@ -154,3 +154,144 @@ async fn the_router_serves_the_document_and_answers_every_documented_route() {
     assert_eq!(json["error"]["code"], "invalid_request", "{json}");
     server.shutdown_token().cancel();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn kvp_refusals_have_their_own_codes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = crate::Config::new(hvsock::dirs::Dirs::under(tmp.path()));
+    let server = crate::Server::bind(config).await.expect("bind");
+    let app = router(server.api().clone());
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.expect("answer");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (
+                status,
+                json["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let value = |v: &str| Some(serde_json::json!({ "value": v }));
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/partitions",
+            Some(serde_json::json!({"name": "web"}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let big = "v".repeat(hvsock_agent::kvp::MAX_VALUE + 1);
+    for (method, path, body, status, code) in [
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/.hidden",
+            value("v"),
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/a%20b",
+            value("v"),
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/k",
+            value(&big),
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/nope/kvp/k",
+            value("v"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/host/kvp/k",
+            value("v"),
+            StatusCode::BAD_REQUEST,
+            "root_partition",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/k",
+            Some(serde_json::json!({"valeur": "v"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            "GET",
+            "/v1/partitions/web/kvp/k",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/partitions/web/kvp/k?pool=elsewhere",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "DELETE",
+            "/v1/partitions/web/kvp/k",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/k",
+            value("v"),
+            StatusCode::CREATED,
+            "",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/k",
+            value("w"),
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/partitions/web/kvp/k?pool=guest",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/partitions/web/kvp/k",
+            None,
+            StatusCode::NO_CONTENT,
+            "",
+        ),
+    ] {
+        assert_eq!(
+            call(method, path, body).await,
+            (status, code.to_owned()),
+            "{method} {path}"
+        );
+    }
+    server.shutdown_token().cancel();
+}

@@ -25,9 +25,10 @@ use hvsock_api::{NewPartition, NewService, ServicePatch};
 
 use crate::attach;
 use crate::config::{ConfigError, Declared};
+use crate::kvp::{GuestPool, Pool, Pools};
 use crate::reconcile::Sync;
 use crate::registry::{
-    Added, Export, ImportMode, ImportReport, PartitionKind, PartitionRecord, Registry,
+    Added, Export, ImportMode, ImportReport, KvpSet, PartitionKind, PartitionRecord, Registry,
     RegistryError, ServiceRecord,
 };
 use crate::world::{self, World};
@@ -57,6 +58,16 @@ pub enum ControlError {
         what: &'static str,
         /// The id or name asked for.
         key: String,
+    },
+    /// No such key in a key-value pool.
+    #[error("no key {key:?} in the {pool} pool of {partition:?}")]
+    NoKey {
+        /// The key.
+        key: String,
+        /// `host` or `guest`.
+        pool: &'static str,
+        /// The partition's name.
+        partition: String,
     },
     /// The change was made, but what follows from it failed, or hvsockd itself did.
     #[error("{0}")]
@@ -166,16 +177,29 @@ pub struct Control {
     registry: Mutex<Registry>,
     world: Arc<world::Shared>,
     sync: Sync,
+    kvp: Arc<Pools>,
 }
 
 impl Control {
-    /// Over `registry` and its mirror `world`; `sync` waits for what follows a change.
-    pub fn new(registry: Registry, world: Arc<world::Shared>, sync: Sync) -> Arc<Control> {
+    /// Over `registry` and its mirrors `world` and `kvp` (the key-value pools); `sync` waits
+    /// for what follows a change.
+    pub fn new(
+        registry: Registry,
+        world: Arc<world::Shared>,
+        sync: Sync,
+        kvp: Arc<Pools>,
+    ) -> Arc<Control> {
         Arc::new(Control {
             registry: Mutex::new(registry),
             world,
             sync,
+            kvp,
         })
+    }
+
+    /// The key-value pools (the host's mirrored from the registry, the guests').
+    pub fn kvp(&self) -> &Arc<Pools> {
+        &self.kvp
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -462,6 +486,7 @@ impl Control {
         let listeners = self
             .write(move |c| {
                 c.registry().remove_partition(id)?;
+                c.kvp.remove(id);
                 Ok(c.world.lock().remove_partition(id))
             })
             .await?;
@@ -490,7 +515,11 @@ impl Control {
                 let mut registry = c.registry();
                 let report = registry.import(&doc, mode, dry_run)?;
                 let closed = if report.changed() && !report.dry_run {
-                    c.world.lock().reload(&registry)?
+                    let mut world = c.world.lock();
+                    let closed = world.reload(&registry)?;
+                    let present: Vec<VmId> = world.partitions().map(|p| p.id).collect();
+                    c.kvp.reload(registry.kvp_pools()?, &present);
+                    closed
                 } else {
                     Vec::new()
                 };
@@ -521,6 +550,76 @@ impl Control {
             }
         }
         Ok(report)
+    }
+
+    /// A partition that has key-value pools (not the root).
+    fn kvp_partition(&self, key: &str) -> Result<PartitionRecord> {
+        let record = self.partition(key)?;
+        if record.kind == PartitionKind::Root {
+            return Err(ControlError::invalid(
+                "root_partition",
+                "the host (root partition) has no key-value pools: name a sandbox or VM",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Partition `key`'s host pool.
+    pub fn kvp_host(&self, key: &str) -> Result<(PartitionRecord, Pool)> {
+        let record = self.kvp_partition(key)?;
+        let pool = self.kvp.host(record.id);
+        Ok((record, pool))
+    }
+
+    /// Partition `key`'s guest pool as its agent last sent it.
+    pub fn kvp_guest(&self, key: &str) -> Result<(PartitionRecord, GuestPool)> {
+        let record = self.kvp_partition(key)?;
+        let pool = self.kvp.guest(record.id);
+        Ok((record, pool))
+    }
+
+    /// Sets `name` to `value` in partition `key`'s host pool: in the registry, then in its
+    /// mirror ([`Pools`]), which a guest's connection follows.
+    pub async fn kvp_set(
+        self: &Arc<Self>,
+        key: &str,
+        name: String,
+        value: String,
+    ) -> Result<(PartitionRecord, KvpSet)> {
+        let record = self.kvp_partition(key)?;
+        hvsock_agent::kvp::check_key(&name).map_err(|m| ControlError::invalid("invalid_key", m))?;
+        hvsock_agent::kvp::check_value(&value)
+            .map_err(|m| ControlError::invalid("invalid_value", m))?;
+        let id = record.id;
+        let set = self
+            .write(move |c| {
+                let set = c.registry().kvp_set(id, &name, &value)?;
+                c.kvp.host_set(id, &name, &value);
+                Ok(set)
+            })
+            .await?;
+        Ok((record, set))
+    }
+
+    /// Deletes `name` from partition `key`'s host pool ([`ControlError::NotFound`] if it is
+    /// not there).
+    pub async fn kvp_delete(self: &Arc<Self>, key: &str, name: String) -> Result<()> {
+        let record = self.kvp_partition(key)?;
+        hvsock_agent::kvp::check_key(&name).map_err(|m| ControlError::invalid("invalid_key", m))?;
+        let id = record.id;
+        let label = record.name.clone();
+        self.write(move |c| {
+            if !c.registry().kvp_delete(id, &name)? {
+                return Err(ControlError::NoKey {
+                    key: name,
+                    pool: "host",
+                    partition: label,
+                });
+            }
+            c.kvp.host_delete(id, &name);
+            Ok(())
+        })
+        .await
     }
 
     /// Where the registry lives.

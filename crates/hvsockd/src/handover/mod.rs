@@ -40,9 +40,12 @@
 //!   durable socket is stored as it opens or changes state and removed as it closes, so a
 //!   crash, `systemctl restart` or an upgrade under systemd loses nothing that was stored.
 //!   What is not stored (a fresh session, a connect answered at once) is closed by a crash, and
-//!   the library retries it.
-//!   The shipped unit does not enable the store yet (`docs/operators.md`, *Under systemd,
-//!   today*): its end-to-end test under real systemd is not finished.
+//!   the library retries it. The shipped unit enables it (`FileDescriptorStoreMax=4096`, and
+//!   `FDSTORE=4096` for systemd before 254); systemd keeps the store across a crash with
+//!   `Restart=` and across `systemctl restart`, and empties it on `systemctl stop`
+//!   (`tests/nested_vm_systemd.rs` checks all three under real systemd 252, `tests/fdstore.rs`
+//!   and `benches/continuity.rs --mode store` with a manager they play). hvsockd never waits
+//!   for the manager ([`store`]).
 //! - **`SIGUSR2`**, without a service manager ([`reexec`]): hvsockd checks the binary at its
 //!   own path, then executes it in place (same pid) with every socket it holds, fresh sessions
 //!   included, listed in a memfd. If the binary is missing, not executable, or does not speak
@@ -207,9 +210,24 @@ impl Holder {
     }
 
     /// Stops changing the store: hvsockd is stopping, and what is stored must stay for the
-    /// next start.
-    pub fn freeze(&self) {
+    /// next start. What the manager was not ready for yet is sent first, waiting at most
+    /// `within`.
+    pub fn freeze(&self, within: std::time::Duration) {
         self.lock().frozen = true;
+        if let Some(store) = self.store.get() {
+            let left = store.flush(within);
+            if left > 0 {
+                tracing::warn!(
+                    "{left} notifications to the service manager were never sent: the sockets they were about may not survive this restart"
+                );
+            }
+        }
+    }
+
+    /// Sends the store's messages that the manager was not ready for (see [`store`]); how
+    /// many still wait.
+    pub fn retry_store(&self) -> usize {
+        self.store.get().map_or(0, FdStore::retry)
     }
 
     /// Brings the store in line with the entry `key`'s name.
@@ -254,7 +272,7 @@ impl Holder {
             }
             return;
         }
-        match store.store(entry.socket.as_fd(), &name) {
+        match store.store(entry.socket.clone(), &name) {
             Ok(()) => entry.stored = Some(name),
             Err(e) => tracing::warn!("storing a socket with the service manager: {e}"),
         }

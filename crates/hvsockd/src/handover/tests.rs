@@ -123,7 +123,7 @@ fn durable_sockets_are_stored_renamed_and_removed_with_their_state() {
         Kept::Endpoint(vm(6)).name(),
     );
     assert_eq!(received(&rx), []);
-    holder.freeze();
+    holder.freeze(std::time::Duration::ZERO);
     drop((endpoint, a, b, adopted));
     assert_eq!(
         received(&rx),
@@ -213,4 +213,43 @@ fn kept_names_are_sorted_from_socket_activation_and_bad_ones_refused() {
     let refused: Vec<&str> = resumed.refused.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(refused, ["hv1.s4.00", "hv2.anything"]);
     assert!(resumed.refused[1].1.contains("reads hv1 only"));
+}
+
+#[test]
+fn a_manager_that_does_not_read_never_blocks_hvsockd_and_loses_nothing_it_can_take_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    let holder = Arc::new(Holder::default());
+    holder.use_store(FdStore::new(path.into_os_string(), 1000).unwrap());
+    // Far more than the receiver's queue holds (net.unix.max_dgram_qlen), none read meanwhile:
+    // each call returns at once (a blocking send would hang this test).
+    let started = std::time::Instant::now();
+    let held: Vec<Hold> = (0..200u8)
+        .map(|n| holder.hold(socket(), Kept::Endpoint(vm(n))))
+        .collect();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(holder.retry_store() > 0, "some had to wait");
+    // Read as the manager catches up, retrying as hvsockd's timer does: all arrive, in order,
+    // each with its descriptor.
+    let mut got = Vec::new();
+    loop {
+        got.extend(received(&rx));
+        if got.len() >= 200 {
+            break;
+        }
+        holder.retry_store();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    let want: Vec<(String, bool)> = (0..200u8)
+        .map(|n| {
+            (
+                format!("FDSTORE=1\nFDNAME={}", Kept::Endpoint(vm(n)).name()),
+                true,
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(holder.retry_store(), 0);
+    drop(held);
 }

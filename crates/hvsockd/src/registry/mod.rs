@@ -11,6 +11,9 @@
 //! applies. Removing a partition removes it from every policy in the same transaction; a list
 //! it leaves empty allows no partition, so a removal never widens a policy.
 //!
+//! Schema 3 adds each partition's host key-value pool (table `kvp`, see `registry/kvp.rs`),
+//! removed with its partition. It is not part of an [`Export`] document.
+//!
 //! [`Registry::export`] and [`Registry::import`] move a registry between hosts as an
 //! [`Export`] document (see [`Registry::import`] for the merge and replace rules and what
 //! happens to the root's id).
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::router::Policy;
 
+mod kvp;
 mod partitions;
 mod services;
 mod transfer;
@@ -32,12 +36,13 @@ mod transfer;
 use partitions::{SELECT_PARTITIONS, partition_columns, partition_record};
 use services::{SELECT_SERVICES, service_by_id, service_columns, service_record};
 
+pub use kvp::KvpSet;
 pub use transfer::{
     Counts, EXPORT_VERSION, Export, ExportedPartition, ExportedService, ImportMode, ImportReport,
 };
 
 /// The schema version this hvsockd writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The name of the root partition.
 pub const ROOT_NAME: &str = "host";
@@ -145,6 +150,17 @@ pub enum RegistryError {
         service: String,
         /// The partition id.
         id: VmId,
+    },
+    /// A key or value of a key-value pool is refused (or the partition has no pool).
+    #[error("{0}")]
+    InvalidKvp(String),
+    /// A partition's host key-value pool is full.
+    #[error(
+        "the host key-value pool of this partition already holds {max} keys, the most it may: delete some first"
+    )]
+    KvpFull {
+        /// The bound.
+        max: usize,
     },
     /// An import document is not a registry.
     #[error("the registry document is invalid: {0}")]
@@ -410,6 +426,9 @@ impl Registry {
         if from < 2 {
             tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
         }
+        if from < 3 {
+            tx.execute_batch(kvp::SCHEMA_V3).map_err(open_err)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
         tx.commit().map_err(open_err)?;
@@ -454,6 +473,11 @@ impl Registry {
             )
             .map_err(open_err)?;
         }
+        if version < 3 {
+            // Likewise the table version 3 brought, empty.
+            conn.execute_batch(&kvp::SCHEMA_V3.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+                .map_err(open_err)?;
+        }
         Registry::finish_open(conn, path)
     }
 
@@ -477,6 +501,7 @@ impl Registry {
         let tx = conn.transaction().map_err(open_err)?;
         tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
         tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+        tx.execute_batch(kvp::SCHEMA_V3).map_err(open_err)?;
         tx.execute(
             "INSERT INTO partitions (id, name, parent, kind, attachment, created_at)
              VALUES (?1, ?2, NULL, 'root', NULL, ?3)",

@@ -128,6 +128,7 @@ impl Registry {
         tx.execute("DELETE FROM partitions WHERE id = ?1", [id.to_string()])
             .map_err(sql("removing a partition"))?;
         prune_policies(&tx, id)?;
+        super::kvp::drop_orphans(&tx)?;
         tx.commit().map_err(sql("committing a partition removal"))?;
         Ok(())
     }

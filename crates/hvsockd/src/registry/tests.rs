@@ -218,3 +218,97 @@ fn a_version_1_registry_is_read_as_is_and_upgraded_at_open() {
         [1000]
     );
 }
+
+#[test]
+fn host_kvp_pools_persist_are_bounded_and_go_with_their_partition() {
+    let (dir, mut reg) = open();
+    let root = reg.root();
+    let a = VmId(Guid::new_random());
+    let b = VmId(Guid::new_random());
+    reg.add_partition(a, "a", root, PartitionKind::Sandbox, None)
+        .expect("a");
+    reg.add_partition(b, "b", root, PartitionKind::Sandbox, None)
+        .expect("b");
+    assert_eq!(reg.kvp_set(a, "k", "v").expect("set"), KvpSet::Created);
+    assert_eq!(reg.kvp_set(a, "k", "w").expect("set"), KvpSet::Replaced);
+    reg.kvp_set(b, "k", "other").expect("set b");
+    // Refusals, each with its own message.
+    let err = reg.kvp_set(a, "../x", "v").expect_err("bad key");
+    assert!(err.to_string().contains("is not a key"), "{err}");
+    let err = reg
+        .kvp_set(a, "big", &"v".repeat(hvsock_agent::kvp::MAX_VALUE + 1))
+        .expect_err("big value");
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    let err = reg.kvp_set(root, "k", "v").expect_err("root");
+    assert!(err.to_string().contains("root partition"), "{err}");
+    let missing = VmId(Guid::new_random());
+    assert!(matches!(
+        reg.kvp_set(missing, "k", "v"),
+        Err(RegistryError::NotFound { .. })
+    ));
+    drop(reg);
+    let mut reg = Registry::open(&dir.path().join("registry.db")).expect("reopen");
+    let pools = reg.kvp_pools().expect("pools");
+    assert_eq!(pools[&a]["k"], "w");
+    assert_eq!(pools[&b]["k"], "other");
+    // The bound: a new key past it is refused, an existing one may still change.
+    for i in 1..hvsock_agent::kvp::MAX_PAIRS {
+        reg.kvp_set(a, &format!("k{i}"), "v").expect("fill");
+    }
+    let err = reg.kvp_set(a, "one-more", "v").expect_err("full");
+    assert!(matches!(err, RegistryError::KvpFull { max: 1024 }), "{err}");
+    assert!(err.to_string().contains("1024 keys"), "{err}");
+    reg.kvp_set(a, "k", "x").expect("replace in a full pool");
+    assert!(reg.kvp_delete(a, "k").expect("delete"));
+    assert!(!reg.kvp_delete(a, "k").expect("delete again"));
+    reg.kvp_set(a, "one-more", "v").expect("room again");
+    // Removing a partition removes its pool, not the others'.
+    reg.remove_partition(a).expect("remove");
+    let pools = reg.kvp_pools().expect("pools");
+    assert!(!pools.contains_key(&a));
+    assert_eq!(pools[&b].len(), 1);
+}
+
+#[test]
+fn version_1_and_2_registries_gain_the_kvp_table_in_place() {
+    for from in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.db");
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch(SCHEMA_V1).expect("v1");
+        if from >= 2 {
+            conn.execute_batch(SCHEMA_V2).expect("v2");
+        }
+        let root = Guid::new_random();
+        let sandbox = Guid::new_random();
+        conn.execute(
+            "INSERT INTO partitions (id, name, parent, kind, created_at) VALUES (?1, 'host', NULL, 'root', 0)",
+            [root.to_string()],
+        )
+        .expect("root");
+        conn.execute(
+            "INSERT INTO partitions (id, name, parent, kind, created_at) VALUES (?1, 'sb', ?2, 'sandbox', 0)",
+            [sandbox.to_string(), root.to_string()],
+        )
+        .expect("sandbox");
+        conn.pragma_update(None, "user_version", from)
+            .expect("version");
+        drop(conn);
+        // Read only: an empty pool, nothing written.
+        let ro = Registry::open_read_only(&path).expect("read only");
+        assert!(ro.kvp_pools().expect("pools").is_empty());
+        drop(ro);
+        let mut reg = Registry::open(&path).expect("upgrade");
+        assert!(!reg.created());
+        assert_eq!(reg.partitions().expect("kept").len(), 2);
+        reg.kvp_set(VmId(sandbox), "k", "v").expect("set");
+        drop(reg);
+        let reg = Registry::open(&path).expect("reopen");
+        assert_eq!(reg.kvp_pools().expect("pools")[&VmId(sandbox)]["k"], "v");
+        let version: i64 = Connection::open(&path)
+            .expect("raw")
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+}

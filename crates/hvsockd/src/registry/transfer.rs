@@ -604,6 +604,7 @@ impl Registry {
             )
             .map_err(sql("importing a partition"))?;
         }
+        super::kvp::drop_orphans(&tx)?;
         tx.commit().map_err(sql("committing an import"))
     }
 }
