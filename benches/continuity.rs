@@ -19,7 +19,11 @@
 //! a new one on the same directory, with no service manager holding its sockets; `--mode usr2`
 //! upgrades it in place (`SIGUSR2`: the same binary executed again, same pid, every socket handed
 //! over), and the time without service is then from the signal to the first successful connect
-//! started after it. Another way is one more variant and one more arm in [`Mode::restart`].
+//! started after it; `--mode store` plays systemd with its descriptor store (the test's
+//! `support::Manager`: `NOTIFY_SOCKET`, `FDSTORE`, the kept sockets back through `LISTEN_FDS`)
+//! and kills hvsockd (`kill -9`) and starts it again as `Restart=` would, at once; its
+//! "restart" is then from the kill to the new hvsockd's `READY=1`. Another way is one more
+//! variant and one more arm in [`Mode::restart`].
 
 #![allow(clippy::unwrap_used)]
 
@@ -52,6 +56,9 @@ enum Mode {
     Kill9,
     /// `SIGUSR2`: an upgrade in place, every socket handed to the re-executed hvsockd.
     Usr2,
+    /// `kill -9` under a service manager that keeps hvsockd's sockets in its descriptor store,
+    /// then a new hvsockd given them back.
+    Store,
 }
 
 impl Mode {
@@ -59,14 +66,35 @@ impl Mode {
         match s {
             "kill9" => Ok(Mode::Kill9),
             "usr2" => Ok(Mode::Usr2),
-            other => Err(format!("unknown --mode {other:?} (known: kill9, usr2)").into()),
+            "store" => Ok(Mode::Store),
+            other => Err(format!("unknown --mode {other:?} (known: kill9, usr2, store)").into()),
         }
     }
 
-    /// Restarts `d`; returns when the new hvsockd answers its admin API.
-    fn restart(self, d: &mut support::Daemon) {
+    /// Starts hvsockd as this mode needs it (under `manager` for [`Mode::Store`]).
+    fn start(self, manager: Option<&support::Manager>) -> support::Daemon {
+        match manager {
+            Some(m) => {
+                let d = support::Daemon::start_launched(m.launcher());
+                m.wait_ready(0);
+                d
+            }
+            None => support::Daemon::start(),
+        }
+    }
+
+    /// Restarts `d`; returns when the new hvsockd answers its admin API (has said `READY=1`
+    /// to `manager`, for [`Mode::Store`]).
+    fn restart(self, d: &mut support::Daemon, manager: Option<&support::Manager>) {
         match self {
             Mode::Kill9 => d.restart(),
+            Mode::Store => {
+                let m = manager.expect("--mode store runs under a manager");
+                let ready = m.ready_count();
+                d.kill9();
+                d.respawn();
+                m.wait_ready(ready);
+            }
             Mode::Usr2 => {
                 let before = d.log().len();
                 d.signal(rustix::process::Signal::USR2);
@@ -125,12 +153,13 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench continuity -- [--cycles N] [--connectors N] [--streams N] [--mode kill9|usr2]
+const USAGE: &str = "usage: cargo bench --bench continuity -- [--cycles N] [--connectors N] [--streams N] [--mode kill9|usr2|store]
   --cycles N      restarts of hvsockd (default 100)
   --connectors N  connector threads (default 4; every other one from a sandbox partition)
   --streams N     established connections streaming data throughout (default 3)
   --mode M        how hvsockd is restarted: kill9 (kill -9, then start again), or usr2
-                  (SIGUSR2: an upgrade in place keeping every socket)";
+                  (SIGUSR2: an upgrade in place keeping every socket), or store (kill -9
+                  under a service manager that keeps the sockets in its descriptor store)";
 
 fn main() -> ExitCode {
     let opts = match Opts::parse(std::env::args().skip(1)) {
@@ -175,6 +204,8 @@ struct Counts {
     connects_failed: AtomicU64,
     accepted: AtomicU64,
     listeners_lost: AtomicU64,
+    /// How many times the library listener had to bind again (its `rebind_generation`).
+    listener_rebinds: AtomicU64,
     streams_lost: AtomicU64,
     streamed: AtomicU64,
     writes_acked: AtomicU64,
@@ -249,6 +280,9 @@ fn acceptor(
                 counts.listeners_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
+        counts
+            .listener_rebinds
+            .store(listener.rebind_generation(), Ordering::Relaxed);
     }))
 }
 
@@ -337,7 +371,8 @@ fn registry_writer(
 }
 
 fn run(opts: &Opts) -> Res<()> {
-    let mut d = support::Daemon::start();
+    let manager = (opts.mode == Mode::Store).then(support::Manager::new);
+    let mut d = opts.mode.start(manager.as_ref());
     let service = d.add_service("chaos", PORT);
     d.add_service("chaos-streams", STREAM_PORT);
     let sandbox = d.add_partition("sandbox", None);
@@ -402,7 +437,7 @@ fn run(opts: &Opts) -> Res<()> {
     for cycle in 0..opts.cycles {
         thread::sleep(rng.millis(50, 400));
         let killed = Instant::now();
-        opts.mode.restart(&mut d);
+        opts.mode.restart(&mut d, manager.as_ref());
         restarts.push(killed.elapsed());
         kills.push(killed);
         if (cycle + 1) % 10 == 0 {
@@ -474,6 +509,10 @@ fn run(opts: &Opts) -> Res<()> {
     println!(
         "  listeners lost              {}",
         c(&counts.listeners_lost)
+    );
+    println!(
+        "  listener re-binds           {} (0: it kept its very session throughout)",
+        c(&counts.listener_rebinds)
     );
     println!("  established connections lost {}", c(&counts.streams_lost));
     println!(

@@ -35,10 +35,9 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Vm, accept_by, build_guest_cli, load_env, repo, run, vhost_args};
+use harness::{Vm, accept_by, prepare, vhost_args};
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, VmId};
 use support::Daemon;
 
@@ -100,41 +99,14 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let cache = std::env::var_os("HVSOCK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache"));
-    run(
-        "scripts/nested-vm/setup.sh",
-        2400,
-        Command::new(repo().join("scripts/nested-vm/setup.sh")).env("HVSOCK_CACHE", &cache),
-    );
-    let mut env = load_env(&cache);
-    env.insert("HVSOCK_CACHE".into(), cache.to_string_lossy().into_owned());
-    let musl = env
-        .get("MUSL_TARGET")
-        .cloned()
-        .unwrap_or_else(|| "x86_64-unknown-linux-musl".into());
-    let guest_cli = build_guest_cli(&musl);
+    let prepared = prepare();
     let work = tempfile::Builder::new()
         .prefix("hvnb")
         .tempdir_in("/tmp")
         .unwrap();
     let initrd = work.path().join("initrd.gz");
-    run(
-        "mkinitramfs.sh",
-        120,
-        Command::new(repo().join("scripts/nested-vm/mkinitramfs.sh"))
-            .arg("-o")
-            .arg(&initrd)
-            .arg("--add")
-            .arg(format!("{}:/bin/hvsock", guest_cli.display()))
-            .arg("--add")
-            .arg(format!(
-                "{}:/etc/hvsock-vm/test.sh",
-                repo().join("benches/nested_vm/guest.sh").display()
-            ))
-            .env("HVSOCK_CACHE", &cache),
-    );
+    prepared.initramfs(&initrd, "benches/nested_vm/guest.sh");
+    let env = prepared.env;
     Setup { env, initrd, work }
 }
 

@@ -22,15 +22,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{
-    Vm, accept_by, alive, build_guest_cli, load_env, processes_mentioning, repo, run, sha256,
-    transfer_report,
-};
+use harness::{Vm, accept_by, alive, prepare, processes_mentioning, sha256, transfer_report};
 use hvsock::{HvListener, ServiceId, SockAddrHv, VmId};
 use support::{Daemon, Guard, pattern};
 
@@ -52,42 +48,15 @@ fn host_refused(d: &Daemon, target: &str) -> (u128, String) {
 #[test]
 fn hvsock_vhost_half_close_refusals_and_hvsockd_restart_in_a_real_guest() {
     let started = Instant::now();
-    let cache = std::env::var_os("HVSOCK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache"));
-    run(
-        "scripts/nested-vm/setup.sh",
-        2400,
-        Command::new(repo().join("scripts/nested-vm/setup.sh")).env("HVSOCK_CACHE", &cache),
-    );
-    let mut env = load_env(&cache);
-    env.insert("HVSOCK_CACHE".into(), cache.to_string_lossy().into_owned());
-    let musl = env
-        .get("MUSL_TARGET")
-        .cloned()
-        .unwrap_or_else(|| "x86_64-unknown-linux-musl".into());
-    let guest_cli = build_guest_cli(&musl);
+    let prepared = prepare();
+    let env = prepared.env.clone();
     let work = tempfile::Builder::new()
         .prefix("hvnh")
         .tempdir_in("/tmp")
         .unwrap();
     let w = work.path();
     let initrd = w.join("initrd.gz");
-    run(
-        "mkinitramfs.sh",
-        120,
-        Command::new(repo().join("scripts/nested-vm/mkinitramfs.sh"))
-            .arg("-o")
-            .arg(&initrd)
-            .arg("--add")
-            .arg(format!("{}:/bin/hvsock", guest_cli.display()))
-            .arg("--add")
-            .arg(format!(
-                "{}:/etc/hvsock-vm/test.sh",
-                repo().join("tests/nested_vhost/guest.sh").display()
-            ))
-            .env("HVSOCK_CACHE", &cache),
-    );
+    prepared.initramfs(&initrd, "tests/nested_vhost/guest.sh");
 
     let mut d = Daemon::start();
     let hv = |d: &Daemon, args: &[&str]| support::hv(d, args).ok().trim().to_owned();

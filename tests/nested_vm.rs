@@ -33,13 +33,13 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    Backend, ONE_AT_A_TIME, Vm, accept_by, alive, build_guest_cli, load_env, processes_mentioning,
-    repo, run, sha256, transfer_report, vhost_args,
+    Backend, ONE_AT_A_TIME, Vm, accept_by, alive, prepare, processes_mentioning, sha256,
+    transfer_report, vhost_args,
 };
 use hvsock::{HvListener, ServiceId, SockAddrHv, VmId};
 use support::{Daemon, Guard, pattern};
@@ -69,23 +69,9 @@ fn real_guests_through_hvsock_vhost() {
 
 fn scenario(backend: Backend) {
     let started = Instant::now();
-    let cache = std::env::var_os("HVSOCK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache"));
-
     // 1. What the test needs, installed by the project's own script (idempotent).
-    run(
-        "scripts/nested-vm/setup.sh (installs QEMU, the kernel, busybox, vhost-device-vsock, the musl target; needs root on a fresh machine)",
-        2400,
-        Command::new(repo().join("scripts/nested-vm/setup.sh")).env("HVSOCK_CACHE", &cache),
-    );
-    let mut env = load_env(&cache);
-    env.insert("HVSOCK_CACHE".into(), cache.to_string_lossy().into_owned());
-    let musl = env
-        .get("MUSL_TARGET")
-        .cloned()
-        .unwrap_or_else(|| "x86_64-unknown-linux-musl".into());
-    let guest_cli = build_guest_cli(&musl);
+    let prepared = prepare();
+    let env = prepared.env.clone();
 
     // 2. A short work dir (Unix socket paths), one initramfs for both guests.
     let work = tempfile::Builder::new()
@@ -94,21 +80,7 @@ fn scenario(backend: Backend) {
         .unwrap();
     let w = work.path();
     let initrd = w.join("initrd.gz");
-    run(
-        "mkinitramfs.sh",
-        120,
-        Command::new(repo().join("scripts/nested-vm/mkinitramfs.sh"))
-            .arg("-o")
-            .arg(&initrd)
-            .arg("--add")
-            .arg(format!("{}:/bin/hvsock", guest_cli.display()))
-            .arg("--add")
-            .arg(format!(
-                "{}:/etc/hvsock-vm/test.sh",
-                repo().join("tests/nested_vm/guest.sh").display()
-            ))
-            .env("HVSOCK_CACHE", &cache),
-    );
+    prepared.initramfs(&initrd, "tests/nested_vm/guest.sh");
 
     // 3. hvsockd, the services and the VMs, through the CLI.
     let d = Daemon::start();

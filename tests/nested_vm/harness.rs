@@ -26,6 +26,62 @@ pub fn run(what: &str, secs: u64, cmd: &mut Command) -> Out {
     support::run_checked("nested_vm", what, secs, cmd)
 }
 
+/// The nested-VM machinery, installed: `setup.sh` run (idempotent) and its `env.sh` read, with
+/// `HVSOCK_CACHE` in it for the scripts the tests run next.
+pub struct Prepared {
+    pub cache: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// The static guest CLI (musl, `test-vm-guard`).
+    pub guest_cli: PathBuf,
+}
+
+/// Installs what the nested-VM tests need with the project's own script (needs root on a fresh
+/// machine), and builds the static guest CLI.
+pub fn prepare() -> Prepared {
+    let cache = std::env::var_os("HVSOCK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache"));
+    run(
+        "scripts/nested-vm/setup.sh (installs QEMU, the kernel, busybox, vhost-device-vsock, the musl target; needs root on a fresh machine)",
+        2400,
+        Command::new(repo().join("scripts/nested-vm/setup.sh")).env("HVSOCK_CACHE", &cache),
+    );
+    let mut env = load_env(&cache);
+    env.insert("HVSOCK_CACHE".into(), cache.to_string_lossy().into_owned());
+    let musl = env
+        .get("MUSL_TARGET")
+        .cloned()
+        .unwrap_or_else(|| "x86_64-unknown-linux-musl".into());
+    let guest_cli = build_guest_cli(&musl);
+    Prepared {
+        cache,
+        env,
+        guest_cli,
+    }
+}
+
+impl Prepared {
+    /// Writes the busybox initramfs `out` with the guest CLI as `/bin/hvsock` and `script`
+    /// (relative to the repository) as the guest's `/etc/hvsock-vm/test.sh`.
+    pub fn initramfs(&self, out: &Path, script: &str) {
+        run(
+            "mkinitramfs.sh",
+            120,
+            Command::new(repo().join("scripts/nested-vm/mkinitramfs.sh"))
+                .arg("-o")
+                .arg(out)
+                .arg("--add")
+                .arg(format!("{}:/bin/hvsock", self.guest_cli.display()))
+                .arg("--add")
+                .arg(format!(
+                    "{}:/etc/hvsock-vm/test.sh",
+                    repo().join(script).display()
+                ))
+                .env("HVSOCK_CACHE", &self.cache),
+        );
+    }
+}
+
 /// The exports of `setup.sh`'s env.sh.
 pub fn load_env(cache: &Path) -> BTreeMap<String, String> {
     let path = cache.join("nested-vm/env.sh");

@@ -9,6 +9,8 @@
 //! - `process`: [`Guard`], which every process a test starts is held by (killed and reaped
 //!   when dropped); [`Proc`], a process whose stdin the test writes and whose output is
 //!   collected; [`run`] and [`Out`], a command run to its end within a bound; [`wait_for`];
+//! - `manager`: [`Manager`], a service manager's notify socket and descriptor store, as systemd
+//!   keeps it, for tests of hvsockd's store;
 //! - `data`: [`pattern`] (bulk test data), [`text`] and [`PORT_2761`];
 //! - `c`: libhvsock as its users get it (`cargo cinstall`, programs built with pkg-config);
 //! - here: [`tempdir`], [`require`] (a tool the tests need) and [`require_root`].
@@ -21,6 +23,7 @@ mod build;
 pub mod c;
 mod daemon;
 mod data;
+mod manager;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ pub use build::{Bins, agent_bin, bins, example, examples_dir, test_profile, vhos
 pub use daemon::{Daemon, Launcher, http, hv};
 #[allow(unused_imports)]
 pub use data::{PORT_2761, pattern, text};
+#[allow(unused_imports)]
+pub use manager::{Manager, STORE_MAX};
 #[allow(unused_imports)]
 pub use process::{
     Guard, Out, Proc, QUICK, run, run_checked, run_ok, under_timeout, wait_exit, wait_for,

@@ -43,8 +43,9 @@
 //!   the library retries it. The shipped unit enables it (`FileDescriptorStoreMax=4096`, and
 //!   `FDSTORE=4096` for systemd before 254); systemd keeps the store across a crash with
 //!   `Restart=` and across `systemctl restart`, and empties it on `systemctl stop`
-//!   (`tests/nested_vm_systemd.rs` checks both under real systemd 252, `tests/fdstore.rs` with
-//!   a manager the test plays). hvsockd never waits for the manager ([`store`]).
+//!   (`tests/nested_vm_systemd.rs` checks all three under real systemd 252, `tests/fdstore.rs`
+//!   and `benches/continuity.rs --mode store` with a manager they play). hvsockd never waits
+//!   for the manager ([`store`]).
 //! - **`SIGUSR2`**, without a service manager ([`reexec`]): hvsockd checks the binary at its
 //!   own path, then executes it in place (same pid) with every socket it holds, fresh sessions
 //!   included, listed in a memfd. If the binary is missing, not executable, or does not speak
