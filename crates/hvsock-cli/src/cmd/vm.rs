@@ -274,7 +274,11 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
             _ => None,
         };
         let time = g.time_offset_ns.map(|ns| {
-            let mut text = format!("{} behind the host", offset(ns));
+            let mut text = if ns < 0 {
+                format!("{} ahead of the host", offset(ns).trim_start_matches('-'))
+            } else {
+                format!("{} behind the host", offset(ns).trim_start_matches('+'))
+            };
             if let Some(d) = g.time_delay_ns {
                 text.push_str(&format!(
                     ", round trip {}",
