@@ -4,10 +4,11 @@
 //! attachment with the real commands: `hvsock exec` (streams apart, exit status, stdin hashed),
 //! a `--tty` session driven through a pseudo-terminal, `hvsock cp` both ways (a file and a
 //! tree, hashed, modes kept), and `hvsock vm shutdown`, after which busybox init powers the
-//! guest off and QEMU exits. The test also plays the host's heartbeat and time services with
-//! the crate's host-side state: the guest boots with its clock in 2001 and the agent sets it
-//! from the host's; killing the agent loses the heartbeat and busybox init's respawn brings
-//! it back.
+//! guest off and QEMU exits. The guest's agent talks to hvsockd's own heartbeat and time
+//! services (over the VM's hybrid vsock `PATH_50003`/`PATH_50004`), followed through the
+//! admin API (what `hvsock vm show` prints): the guest boots with its clock in 2001 and the
+//! agent sets it from hvsockd's; killing the agent makes the guest `lost` and busybox init's
+//! respawn makes it `ok` again.
 //!
 //! It installs what it needs with `scripts/nested-vm/setup.sh` (idempotent) and never opens
 //! `AF_VSOCK` on this machine. Every process it starts is stopped by its pid.
@@ -23,10 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::{pattern, run, sha256_file, text};
-use hvsock::{HvListener, SockAddrHv, VmId};
-use hvsock_agent::services::{FILES, HEARTBEAT, SESSION, Service, TIME};
-use hvsock_agent::wire::{self, Decoder};
-use hvsock_agent::{heartbeat, time};
+use hvsock_agent::services::{FILES, SESSION};
+use hvsock_agent::time;
 use sha2::{Digest, Sha256};
 use support::Daemon;
 
@@ -93,54 +92,57 @@ fn build_guest_agent(musl: &str) -> PathBuf {
     target_dir.join(musl).join(&profile).join("hvsock-agent")
 }
 
-/// What the host's heartbeat and time services (played here) saw.
+/// What changed in the guest as hvsockd's heartbeat and time services record it.
 #[derive(Debug)]
-enum Seen {
-    /// A heartbeat connection's Facts.
-    Facts(heartbeat::Facts),
-    /// A heartbeat connection ended.
-    Lost,
-    /// A time report.
-    Time(time::Report),
+struct Seen {
+    /// `vm show --json`'s `guest`.
+    guest: serde_json::Value,
+    /// When the watcher saw it.
+    at: Instant,
 }
 
-/// Serves `service` for vm `vm` the way hvsockd's in-process service would, with the crate's
-/// host-side state, telling `seen` what happens.
-fn play_host(d: &Daemon, vm: VmId, service: Service, seen: std::sync::mpsc::Sender<Seen>) {
-    d.add_service(service.name, service.port);
-    let l = HvListener::bind_with(&d.host(), SockAddrHv::new(vm, service.id()), 4).unwrap();
+/// Watches partition `vm`'s guest through the admin API (every 100 ms), sending each change of
+/// its state or of its last time report, until the flag returned is cleared.
+fn watch_guest(
+    d: &Daemon,
+    vm: &str,
+) -> (
+    std::sync::mpsc::Receiver<Seen>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = watching.clone();
+    let socket = d.dirs().admin_socket();
+    let path = format!("/v1/partitions/{vm}");
     std::thread::spawn(move || {
-        while let Ok((stream, _)) = l.accept() {
-            let mut conn = &stream;
-            let mut dec = Decoder::default();
-            if wire::server_hello(&mut conn, &mut dec, service.key, (1, 1)).is_err() {
-                continue;
-            }
-            let mut tracker = heartbeat::Tracker::default();
-            tracker.on_connect();
-            while let Ok(Some(frame)) = dec.read_frame(&mut conn) {
-                if service.key == "time" {
-                    if frame.kind == time::REPORT {
-                        let _ = seen.send(Seen::Time(frame.parse().unwrap()));
-                    } else {
-                        let now = time::now_ns();
-                        let reply = time::answer(&frame, now, time::now_ns()).unwrap();
-                        if wire::write_frame(&mut conn, &reply).is_err() {
-                            break;
+        let mut last = None;
+        while flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let (status, body) = support::http(&socket, "GET", &path, None);
+            if status == 200 {
+                if let Ok(p) = serde_json::from_str::<serde_json::Value>(&body) {
+                    let g = p["guest"].clone();
+                    let key = (
+                        g["state"].clone(),
+                        g["time_reported_at"].clone(),
+                        g["time_offset_ns"].clone(),
+                    );
+                    if last.as_ref() != Some(&key) {
+                        last = Some(key);
+                        let seen = Seen {
+                            guest: g,
+                            at: Instant::now(),
+                        };
+                        if tx.send(seen).is_err() {
+                            return;
                         }
-                    }
-                } else {
-                    tracker.on_frame(&frame, Instant::now()).unwrap();
-                    if frame.kind == heartbeat::FACTS {
-                        let _ = seen.send(Seen::Facts(tracker.facts().cloned().unwrap()));
                     }
                 }
             }
-            if service.key == "heartbeat" {
-                let _ = seen.send(Seen::Lost);
-            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
+    (rx, watching)
 }
 
 /// `hvsock exec --tty vm1 -- sh` on a pseudo-terminal of 40x100: `stty size` in the guest
@@ -316,10 +318,9 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
         d.set_enabled(s.name, true);
     }
     let uds = w.join("vm1.vsock");
-    let vm1 = d.add_vm("vm1", &uds);
-    let (seen_tx, seen) = std::sync::mpsc::channel();
-    play_host(&d, vm1, HEARTBEAT, seen_tx.clone());
-    play_host(&d, vm1, TIME, seen_tx);
+    d.add_vm("vm1", &uds);
+    // The agent reaches hvsockd's own heartbeat and time services: nothing is played here.
+    let (seen, watching) = watch_guest(&d, "vm1");
     let next = |what: &str| {
         seen.recv_timeout(Duration::from_secs(90))
             .unwrap_or_else(|_| panic!("the guest's agent sent no {what}"))
@@ -349,27 +350,30 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
     let booted = started.elapsed();
     let hv = || d.cli();
 
-    // Heartbeat and time: facts come, the wrong clock (2001) is measured and set.
+    // Heartbeat and time: the guest is ok with its facts, and the wrong clock (2001) was
+    // measured and set through hvsockd's time service.
     let mut facts = None;
-    let mut report = None;
-    while facts.is_none() || report.is_none() {
-        match next("facts or time report") {
-            Seen::Facts(f) => facts = Some(f),
-            Seen::Time(r) => report = report.or(Some(r)),
-            Seen::Lost => panic!("the heartbeat ended early"),
+    let mut stepped = None;
+    while facts.is_none() || stepped.is_none() {
+        let g = next("ok and a time report").guest;
+        if g["state"] == "ok" && g["kernel"].is_string() {
+            facts = Some(g.clone());
+        }
+        if g["time_stepped"] == true {
+            stepped = Some(g["time_offset_ns"].as_i64().unwrap());
         }
     }
-    let (facts, report) = (facts.unwrap(), report.unwrap());
-    assert_eq!(
-        facts.kernel,
-        env.get("KERNEL_VERSION")
-            .cloned()
-            .unwrap_or(facts.kernel.clone())
-    );
+    let (facts, offset) = (facts.unwrap(), stepped.unwrap());
+    eprintln!("guest: {facts}");
+    if let Some(kernel) = env.get("KERNEL_VERSION") {
+        assert_eq!(facts["kernel"], kernel.as_str(), "{facts}");
+    }
+    assert_eq!(facts["agent"], env!("CARGO_PKG_VERSION"), "{facts}");
     assert!(
-        report.stepped && report.offset_ns > 20 * 365 * 86_400 * 1_000_000_000,
-        "{report:?}"
+        offset > 20 * 365 * 86_400 * 1_000_000_000,
+        "offset {offset} ns"
     );
+    eprintln!("the agent stepped the guest clock by {offset} ns");
     let guest_now: i64 = ok(
         "date in the guest",
         60,
@@ -383,20 +387,39 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
         (guest_now - host_now).abs() <= 5,
         "guest {guest_now}, host {host_now}"
     );
-    // The agent killed: the heartbeat is lost; busybox init respawns it: facts again.
+    // The agent killed: the guest is lost; busybox init respawns it: ok again.
+    let killed = Instant::now();
     let _ = run(
         hv().args(["exec", "vm1", "--", "killall", "-KILL", "hvsock-agent"]),
         b"",
         Duration::from_secs(60),
     );
-    let mut lost = false;
+    let mut lost = None;
     loop {
-        match next("heartbeat after the agent was killed") {
-            Seen::Lost => lost = true,
-            Seen::Facts(_) if lost => break,
-            _ => {}
+        let g = next("the guest state after the agent was killed");
+        if g.guest["state"] == "lost" && lost.is_none() {
+            lost = Some(g.at.duration_since(killed));
+        }
+        if let (Some(lost), true) = (lost, g.guest["state"] == "ok") {
+            eprintln!(
+                "agent killed: lost after {lost:?}, ok again after {:?}",
+                g.at.duration_since(killed)
+            );
+            break;
         }
     }
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    // vm show prints the guest and the last offset (a small one by now, or the step).
+    let show = ok("vm show", 30, hv().args(["vm", "show", "vm1"]));
+    eprintln!("{show}");
+    assert!(show.contains("guest:        ok"), "{show}");
+    assert!(
+        show.lines().any(
+            |l| l.starts_with("time_offset:") && l.contains("of the host")
+                || l.starts_with("time_offset:") && l.contains("behind the host")
+        ),
+        "{show}"
+    );
     vm.wait_serial("serving hvsock-session", Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !run(
