@@ -238,9 +238,20 @@ fn vm_add_list_show_remove_with_parents() {
         .collect();
     assert_eq!(
         rows[0],
-        ["NAME", "ID", "KIND", "PARENT", "SESSIONS", "LISTENERS"]
+        [
+            "NAME",
+            "ID",
+            "KIND",
+            "PARENT",
+            "SESSIONS",
+            "LISTENERS",
+            "GUEST"
+        ]
     );
     assert_eq!(rows[1][..4], ["host", root.as_str(), "root", "-"]);
+    // No agent runs: the sandboxes' guests were never heard from; the root has none.
+    assert_eq!(rows[1][6], "-");
+    assert_eq!(rows[2][6], "no_contact");
     assert_eq!(rows[2][..4], ["a", a.as_str(), "sandbox", "host"]);
     assert_eq!(rows[3][..4], ["a1", fixed, "sandbox", "a"]);
     assert_eq!(rows[4][..4], ["b", b.as_str(), "sandbox", "host"]);

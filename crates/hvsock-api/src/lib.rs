@@ -288,6 +288,75 @@ pub struct Partition {
     /// When it was added, seconds since the Unix epoch.
     #[serde(default)]
     pub created_at: i64,
+    /// What hvsockd knows of its guest agent (heartbeat and time services); `None` for the
+    /// root.
+    #[serde(default)]
+    pub guest: Option<Guest>,
+}
+
+/// A partition's guest as its agent reported it over the heartbeat and time services
+/// hvsockd serves (in hvsockd's memory: after a restart, `no_contact` until the agent is back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guest {
+    /// `no_contact`, `ok` or `lost`.
+    pub state: GuestState,
+    /// When the last heartbeat came, seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_heartbeat: Option<i64>,
+    /// How long ago the last heartbeat came, in milliseconds.
+    #[serde(default)]
+    pub heartbeat_age_ms: Option<u64>,
+    /// The agent's version.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The guest's OS (`PRETTY_NAME` of its os-release).
+    #[serde(default)]
+    pub os: Option<String>,
+    /// The guest's kernel release.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// The guest's hostname.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The last clock offset the agent measured, in nanoseconds: how far the guest was behind
+    /// the host (negative: ahead), before it set its clock if it did.
+    #[serde(default)]
+    pub time_offset_ns: Option<i64>,
+    /// That measurement's round trip, in nanoseconds.
+    #[serde(default)]
+    pub time_delay_ns: Option<i64>,
+    /// Whether the agent stepped the guest's clock after that measurement.
+    #[serde(default)]
+    pub time_stepped: Option<bool>,
+    /// When the agent reported it, seconds since the Unix epoch.
+    #[serde(default)]
+    pub time_reported_at: Option<i64>,
+}
+
+/// A guest's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestState {
+    /// Its agent was never heard from since hvsockd started.
+    NoContact,
+    /// Its agent beats.
+    Ok,
+    /// Its agent was heard from, but its connection ended or no beat came for 7 s.
+    Lost,
+}
+
+impl GuestState {
+    /// Its name in listings and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestState::NoContact => "no_contact",
+            GuestState::Ok => "ok",
+            GuestState::Lost => "lost",
+        }
+    }
+
+    /// Every state, in order.
+    pub const ALL: [GuestState; 3] = [GuestState::NoContact, GuestState::Ok, GuestState::Lost];
 }
 
 impl Partition {

@@ -9,7 +9,7 @@
 //! every field.
 
 pub use hvsock_api::{
-    Account, BindRefusals, ConnectStats, Counts, GuestKvp, Host, ImportReport, Kvp, KvpPair,
+    Account, BindRefusals, ConnectStats, Counts, Guest, GuestKvp, Host, ImportReport, Kvp, KvpPair,
     KvpPoolName, KvpValue, Listener, ListenerCount, NewPartition, NewService, Partition,
     PartitionRef, Policy, Service, Stats,
 };

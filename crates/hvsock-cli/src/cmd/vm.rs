@@ -13,7 +13,7 @@ use hvsock::VmId;
 use serde_json::json;
 
 use super::{Run, admin};
-use crate::api::{NewPartition, Partition};
+use crate::api::{Guest, NewPartition, Partition};
 use crate::args::{JsonFlag, RemoveArgs, ShowArgs, parse_partition_name, parse_vm_id};
 use crate::context::Context;
 use crate::error::{CliError, Doing};
@@ -163,7 +163,15 @@ fn children(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result
 }
 
 fn table(partitions: &[Partition]) -> Table {
-    let mut table = Table::new(["NAME", "ID", "KIND", "PARENT", "SESSIONS", "LISTENERS"]);
+    let mut table = Table::new([
+        "NAME",
+        "ID",
+        "KIND",
+        "PARENT",
+        "SESSIONS",
+        "LISTENERS",
+        "GUEST",
+    ]);
     for p in partitions {
         let parent = p
             .parent_name
@@ -176,9 +184,46 @@ fn table(partitions: &[Partition]) -> Table {
             or_dash(parent),
             p.sessions.to_string(),
             p.listeners.to_string(),
+            guest_cell(p.guest.as_ref()),
         ]);
     }
     table
+}
+
+/// A guest's state and the age of its last heartbeat: `ok 1s`, `lost 2m`, `no_contact`; `-`
+/// for the root.
+fn guest_cell(guest: Option<&Guest>) -> String {
+    match guest {
+        None => "-".to_owned(),
+        Some(g) => match g.heartbeat_age_ms {
+            Some(ms) => format!("{} {}", g.state.as_str(), age(ms)),
+            None => g.state.as_str().to_owned(),
+        },
+    }
+}
+
+/// A short age: `3s`, `5m`, `2h`, `4d`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// An offset in nanoseconds, in the unit that reads best: `+1.234 ms`, `-2.5 s`.
+fn offset(ns: i64) -> String {
+    let sign = if ns < 0 { "-" } else { "+" };
+    let abs = ns.unsigned_abs() as f64;
+    if abs >= 1e9 {
+        format!("{sign}{:.3} s", abs / 1e9)
+    } else if abs >= 1e6 {
+        format!("{sign}{:.3} ms", abs / 1e6)
+    } else {
+        format!("{sign}{:.1} µs", abs / 1e3)
+    }
 }
 
 fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
@@ -223,6 +268,40 @@ fn show(ctx: &Context, key: &str, json: bool, out: &mut dyn Write) -> Result<(),
         .field("sessions", p.sessions)
         .field("listeners", p.listeners)
         .field("created", timestamp(p.created_at));
+    if let Some(g) = &p.guest {
+        let heartbeat = match (g.last_heartbeat, g.heartbeat_age_ms) {
+            (Some(at), Some(ms)) => Some(format!("{} ({} ago)", timestamp(at), age(ms))),
+            _ => None,
+        };
+        let time = g.time_offset_ns.map(|ns| {
+            let mut text = if ns < 0 {
+                format!("{} ahead of the host", offset(ns).trim_start_matches('-'))
+            } else {
+                format!("{} behind the host", offset(ns).trim_start_matches('+'))
+            };
+            if let Some(d) = g.time_delay_ns {
+                text.push_str(&format!(
+                    ", round trip {}",
+                    offset(d).trim_start_matches('+')
+                ));
+            }
+            if g.time_stepped == Some(true) {
+                text.push_str(", clock stepped");
+            }
+            if let Some(at) = g.time_reported_at {
+                text.push_str(&format!(", at {}", timestamp(at)));
+            }
+            text
+        });
+        fields
+            .field("guest", g.state.as_str())
+            .field("heartbeat", or_dash(heartbeat))
+            .field("agent", or_dash(g.agent.as_deref()))
+            .field("os", or_dash(g.os.as_deref()))
+            .field("kernel", or_dash(g.kernel.as_deref()))
+            .field("hostname", or_dash(g.hostname.as_deref()))
+            .field("time_offset", or_dash(time));
+    }
     Ok(fields.write_to(out)?)
 }
 

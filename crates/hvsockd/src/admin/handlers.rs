@@ -298,7 +298,9 @@ pub async fn stats(State(api): State<Api>) -> Json<Stats> {
 pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let text = {
         let world = api.world.lock();
-        api.metrics.render(&world)
+        let mut text = api.metrics.render(&world);
+        text.push_str(&api.guests.render(&world));
+        text
     };
     (
         [(

@@ -247,6 +247,32 @@ async fn every_answer_validates_against_its_schema_and_every_member_shows_up() {
     for msg in hvsock_agent::kvp::snapshot(&BTreeMap::from([("gk".into(), "gv".into())])) {
         feed.apply(msg).unwrap();
     }
+    // A guest agent heard from, with a time report (as the heartbeat and time services
+    // would record them).
+    api.guests.connect(web, 1);
+    api.guests
+        .heartbeat(
+            web,
+            1,
+            &hvsock_agent::wire::Frame::json(
+                hvsock_agent::heartbeat::FACTS,
+                &hvsock_agent::heartbeat::Facts {
+                    agent: "0.1.0".into(),
+                    os: "Debian GNU/Linux 12".into(),
+                    kernel: "6.1.0".into(),
+                    hostname: "web".into(),
+                },
+            ),
+        )
+        .unwrap();
+    api.guests.time_report(
+        web,
+        &hvsock_agent::time::Report {
+            offset_ns: 1_500,
+            delay_ns: 80_000,
+            stepped: false,
+        },
+    );
     // Wait for the guest port to open.
     let fc = api.control.partition("fc").unwrap().id;
     for _ in 0..100 {
@@ -363,6 +389,7 @@ async fn every_answer_validates_against_its_schema_and_every_member_shows_up() {
         "Host",
         "Service",
         "Partition",
+        "Guest",
         "Policy",
         "PartitionRef",
         "Listener",

@@ -108,6 +108,35 @@ pub fn partition(api: &Api, p: &PartitionRecord) -> Partition {
         sessions: api.endpoints.sessions(p.id) as u64,
         listeners: listeners as u64,
         created_at: p.created_at,
+        guest: (p.kind != PartitionKind::Root).then(|| guest(api.guests.get(p.id))),
+    }
+}
+
+/// A guest as the API shows it.
+pub fn guest(g: crate::services::guests::Guest) -> hvsock_api::Guest {
+    use hvsock_agent::heartbeat::GuestState as S;
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    };
+    let facts = g.facts.as_ref();
+    hvsock_api::Guest {
+        state: match g.state {
+            S::NoContact => hvsock_api::GuestState::NoContact,
+            S::Ok => hvsock_api::GuestState::Ok,
+            S::Lost => hvsock_api::GuestState::Lost,
+        },
+        last_heartbeat: g.last_heartbeat.map(secs),
+        heartbeat_age_ms: g.heartbeat_age_secs.map(|a| (a * 1000.0) as u64),
+        agent: facts.map(|f| f.agent.clone()),
+        os: facts.map(|f| f.os.clone()),
+        kernel: facts.map(|f| f.kernel.clone()),
+        hostname: facts.map(|f| f.hostname.clone()),
+        time_offset_ns: g.time.map(|t| t.offset_ns),
+        time_delay_ns: g.time.map(|t| t.delay_ns),
+        time_stepped: g.time.map(|t| t.stepped),
+        time_reported_at: g.time.map(|t| secs(t.at)),
     }
 }
 

@@ -16,6 +16,8 @@ use hvsock_agent::heartbeat::{Facts, GuestState, Tracker};
 use hvsock_agent::time::Report;
 use hvsock_agent::wire::{Frame, WireError};
 
+use crate::world::World;
+
 /// The last offset the agent reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeReport {
@@ -134,6 +136,69 @@ impl Guests {
                 time: e.time,
             },
         }
+    }
+
+    /// The guests' lines of `/metrics`, for every partition but the root of `world`:
+    ///
+    /// - `hvsock_guest_state{partition,state}`: 1 for the guest's state, 0 for the others;
+    /// - `hvsock_guest_heartbeat_age_seconds{partition}`: since the last heartbeat (guests
+    ///   heard from);
+    /// - `hvsock_guest_time_offset_seconds{partition}`: the last offset the agent reported
+    ///   (how far the guest was behind the host).
+    pub fn render(&self, world: &World) -> String {
+        use std::fmt::Write as _;
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let mut guests: Vec<(String, Guest)> = world
+            .partitions()
+            .filter(|p| p.parent.is_some())
+            .map(|p| (esc(&world.partition_label(p.id)), self.get(p.id)))
+            .collect();
+        guests.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP hvsock_guest_state The guest agent's state per partition (heartbeat): no_contact, ok or lost.\n# TYPE hvsock_guest_state gauge"
+        );
+        for (name, g) in &guests {
+            for state in [GuestState::NoContact, GuestState::Ok, GuestState::Lost] {
+                let _ = writeln!(
+                    out,
+                    "hvsock_guest_state{{partition=\"{name}\",state=\"{}\"}} {}",
+                    state.as_str(),
+                    u8::from(g.state == state)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hvsock_guest_heartbeat_age_seconds Seconds since the guest agent's last heartbeat.\n# TYPE hvsock_guest_heartbeat_age_seconds gauge"
+        );
+        for (name, g) in &guests {
+            if let Some(age) = g.heartbeat_age_secs {
+                let _ = writeln!(
+                    out,
+                    "hvsock_guest_heartbeat_age_seconds{{partition=\"{name}\"}} {age:.3}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hvsock_guest_time_offset_seconds The last clock offset the guest agent reported: how far the guest was behind the host.\n# TYPE hvsock_guest_time_offset_seconds gauge"
+        );
+        for (name, g) in &guests {
+            if let Some(t) = g.time {
+                let _ = writeln!(
+                    out,
+                    "hvsock_guest_time_offset_seconds{{partition=\"{name}\"}} {:.9}",
+                    t.offset_ns as f64 / 1e9
+                );
+            }
+        }
+        out
     }
 
     /// Forgets a removed partition's guest.
