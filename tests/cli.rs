@@ -665,7 +665,8 @@ fn stats_show_connection_counts_moving() {
     d.add_partition("a", None);
     let out = hv(&d, &["stats"]);
     let text = out.ok();
-    // The only listeners are hvsockd's own: the heartbeat and time services it serves.
+    // The only listeners are hvsockd's own: the heartbeat, time and key-value services it
+    // serves.
     let listeners = text
         .strip_prefix("CONNECTIONS\n(none)\n\nLISTENERS\n")
         .unwrap_or_else(|| panic!("{text:?}"));
@@ -674,15 +675,10 @@ fn stats_show_connection_counts_moving() {
         .skip(1)
         .take_while(|l| !l.is_empty())
         .collect();
-    assert_eq!(rows.len(), 2, "{text:?}");
-    assert!(
-        rows[0].contains("hvsock-heartbeat") || rows[1].contains("hvsock-heartbeat"),
-        "{text:?}"
-    );
-    assert!(
-        rows[0].contains("hvsock-time") || rows[1].contains("hvsock-time"),
-        "{text:?}"
-    );
+    assert_eq!(rows.len(), 3, "{text:?}");
+    for own in ["hvsock-heartbeat", "hvsock-time", "hvsock-kvp"] {
+        assert!(rows.iter().any(|r| r.contains(own)), "{own}: {text:?}");
+    }
     assert_eq!(established(&d, "a", "echo"), 0);
     for round in 1..=2 {
         let mut l = listener(&d, &["wildcard:echo"]);

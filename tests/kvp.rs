@@ -1,10 +1,18 @@
 //! The key-value exchange from the host: `hvsock kvp list|get|set|delete` against a real
-//! hvsockd (the host pool kept across restarts, refusals with their reasons and exit 1).
+//! hvsockd (the host pool kept across restarts, refusals with their reasons and exit 1), and
+//! both ways with the real `hvsock-agent` in a sandbox: the host pool in the agent's files
+//! and `hvsock-agent kvp`, the guest pool (built-in keys and a guest program's) on the host.
 
 #![allow(clippy::unwrap_used)]
 
+mod agent_support;
 mod support;
 
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_support::{Agent, Sandbox, run, text};
 use support::{Daemon, QUICK, hv};
 
 #[test]
@@ -96,4 +104,116 @@ fn kvp_host_pool_commands_persist_across_restarts_and_refuse_clearly() {
     d.add_partition("sb", None);
     let out = hv(&d, &["kvp", "list", "sb", "--pool", "host"]);
     assert_eq!(out.ok(), "POOL  KEY  VALUE\n");
+}
+
+/// `hvsock-agent kvp --dir DIR ARGS…`, run to its end.
+fn agent_kvp(dir: &Path, args: &[&str]) -> std::process::Output {
+    run(
+        Command::new(support::agent_bin())
+            .arg("kvp")
+            .arg("--dir")
+            .arg(dir)
+            .args(args),
+        b"",
+        QUICK,
+    )
+}
+
+/// The host pool's file `key` in the agent's directory, if there.
+fn host_file(dir: &Path, key: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join("host").join(key)).ok()
+}
+
+#[test]
+fn kvp_pairs_cross_both_ways_with_a_sandboxs_agent_and_outlive_a_restart() {
+    let kvp = support::tempdir("hvsock-kvp-");
+    let dir = kvp.path().to_owned();
+    let dir_arg = dir.display().to_string();
+    // Set while the guest is down: it gets it when its agent connects.
+    let prepared = Sandbox::prepare();
+    hv(&prepared.d, &["kvp", "set", "sb", "early", "e"]).ok();
+    let mut s = prepared.with_agent(&["--kvp-dir", &dir_arg]);
+    support::wait_for("the early pair in the guest's files", QUICK, || {
+        host_file(&dir, "early").as_deref() == Some("e")
+    });
+
+    // Set on the host -> the agent's file and `hvsock-agent kvp get`; the time it takes.
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let value = format!("web{i}");
+        let t0 = Instant::now();
+        hv(&s.d, &["kvp", "set", "sb", "role", &value]).ok();
+        let set_done = t0.elapsed();
+        support::wait_for("the new value in the guest's file", QUICK, || {
+            host_file(&dir, "role").as_deref() == Some(value.as_str())
+        });
+        latencies.push((set_done, t0.elapsed()));
+    }
+    eprintln!("kvp set -> guest file (CLI returned, file shows it): {latencies:?}");
+    let worst = latencies.iter().map(|l| l.1 - l.0).max().unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "a set reached the guest {worst:?} after the CLI returned"
+    );
+    let out = agent_kvp(&dir, &["get", "--pool", "host", "role"]);
+    assert_eq!(text(&out.stdout), "web4\n", "{}", text(&out.stderr));
+    // Delete propagates.
+    hv(&s.d, &["kvp", "delete", "sb", "early"]).ok();
+    support::wait_for("the deleted key's file to go", QUICK, || {
+        host_file(&dir, "early").is_none()
+    });
+    let out = agent_kvp(&dir, &["get", "--pool", "host", "early"]);
+    assert!(!out.status.success(), "{out:?}");
+
+    // The guest's pool: the agent's built-in keys, then a guest program's pair.
+    support::wait_for("the guest's built-in keys on the host", QUICK, || {
+        let out = hv(&s.d, &["kvp", "list", "sb", "--pool", "guest", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        json["guest"]["connected"] == true
+            && ["hostname", "os", "kernel", "agent"]
+                .iter()
+                .all(|k| json["guest"]["pairs"][k].is_string())
+    });
+    let agent_version = hv(&s.d, &["kvp", "get", "sb", "agent", "--pool", "guest"]);
+    assert_eq!(
+        agent_version.ok(),
+        format!("{}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = agent_kvp(&dir, &["set", "app.version", "1.2.3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    support::wait_for("the guest's pair on the host", QUICK, || {
+        let out = hv(
+            &s.d,
+            &["kvp", "get", "sb", "app.version", "--pool", "guest"],
+        );
+        out.status.success() && out.stdout == "1.2.3\n"
+    });
+
+    // The pool is kept across an hvsockd restart (kill -9) and reaches a new agent.
+    hv(&s.d, &["kvp", "set", "sb", "kept", "k"]).ok();
+    drop(std::mem::replace(
+        &mut s.agent,
+        Agent {
+            child: None,
+            log: dir.join("none.log"),
+        },
+    ));
+    // The agent is gone: the guest pool is shown as not live.
+    support::wait_for("the guest pool shown as not live", QUICK, || {
+        let out = hv(&s.d, &["kvp", "list", "sb", "--pool", "guest"]);
+        out.stdout.contains("app.version") && out.stderr.contains("no agent of \"sb\" is connected")
+    });
+    s.d.restart();
+    let fresh = support::tempdir("hvsock-kvp-");
+    let fresh_arg = fresh.path().display().to_string();
+    let _agent = Agent::start(&s.d, s.vm, &["--kvp-dir", &fresh_arg], &[], None);
+    support::wait_for("the kept pool in a new agent's files", QUICK, || {
+        host_file(fresh.path(), "kept").as_deref() == Some("k")
+            && host_file(fresh.path(), "role").as_deref() == Some("web4")
+    });
+    // And a set after the restart reaches it as well.
+    hv(&s.d, &["kvp", "set", "sb", "after", "a"]).ok();
+    support::wait_for("a set after the restart", QUICK, || {
+        host_file(fresh.path(), "after").as_deref() == Some("a")
+    });
 }

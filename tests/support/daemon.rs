@@ -242,10 +242,10 @@ impl Daemon {
         assert_eq!(status, 200, "{reply}");
     }
 
-    /// Disables the services hvsockd serves itself (heartbeat, time) and waits until it has
+    /// Disables the services hvsockd serves itself (heartbeat, time, kvp) and waits until it has
     /// unbound them: for tests that count listeners or a VM's guest ports.
     pub fn without_own_services(&self) {
-        for name in ["hvsock-heartbeat", "hvsock-time"] {
+        for name in ["hvsock-heartbeat", "hvsock-time", "hvsock-kvp"] {
             self.set_enabled(name, false);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -253,7 +253,7 @@ impl Daemon {
             let (_, listeners) = self.api("GET", "/v1/listeners", None);
             let own = listeners.as_array().is_some_and(|l| {
                 l.iter().any(|l| {
-                    ["hvsock-heartbeat", "hvsock-time"]
+                    ["hvsock-heartbeat", "hvsock-time", "hvsock-kvp"]
                         .contains(&l["service_name"].as_str().unwrap_or(""))
                 })
             });

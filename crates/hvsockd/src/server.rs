@@ -7,7 +7,7 @@
 //! ```text
 //!  control::open (registry + --config + world) ─▶ world::Shared ─▶ Broker
 //!  Endpoints, GuestPorts (over the broker) ─▶ Reconciler (follows the world) ─▶ Control
-//!  services (heartbeat, time: listeners of hvsockd's own in the world, see [`services`])
+//!  services (heartbeat, time, kvp: listeners of hvsockd's own in the world, see [`services`])
 //!  admin::Api (control + views)
 //! ```
 //!
@@ -42,7 +42,7 @@ use crate::handover::{FdStore, Hold, Holder, Kept, intake};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::registry::RegistryError;
-use crate::services::{self, guests::Guests, heartbeat::Heartbeat, time::Time};
+use crate::services::{self, guests::Guests, heartbeat::Heartbeat, kvp::Kvp, time::Time};
 use crate::sys::activation::{self, ActivationError, ListenFds};
 use crate::sys::{self, LockError};
 use crate::world;
@@ -306,6 +306,9 @@ impl Server {
                 }),
                 Arc::new(Time {
                     guests: guests.clone(),
+                }),
+                Arc::new(Kvp {
+                    pools: control.kvp().clone(),
                 }),
             ],
             shutdown.clone(),

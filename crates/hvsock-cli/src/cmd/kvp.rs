@@ -48,7 +48,8 @@ pub enum KvpCommand {
     List(ListArgs),
     /// Print the value of KEY (from the host pool, unless --pool guest).
     Get(GetArgs),
-    /// Set KEY to VALUE in VM's host pool (kept in hvsockd's registry), for the guest's agent.
+    /// Set KEY to VALUE in VM's host pool (kept in hvsockd's registry); a connected agent
+    /// gets it at once, another when it connects.
     ///
     /// Keys: 1 to 512 bytes of letters, digits, `.`, `_`, `-`, `:`, not starting with `.`;
     /// values: at most 2048 bytes of UTF-8; at most 1024 keys per VM.

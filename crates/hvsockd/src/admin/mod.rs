@@ -19,7 +19,7 @@
 //! | `DELETE /v1/partitions/{id-or-name}` | removes it, its endpoint and its listeners |
 //! | `GET /v1/partitions/{id-or-name}/kvp` | its key-value pools: the host's and the guest's (with whether its agent is connected) |
 //! | `GET /v1/partitions/{id-or-name}/kvp/{key}?pool=host\|guest` | one pair (default: the host pool); 404 `not_found` if absent |
-//! | `PUT /v1/partitions/{id-or-name}/kvp/{key}` `{value}` | sets a pair of the host pool (201 if new, 200 if replaced), kept in the registry |
+//! | `PUT /v1/partitions/{id-or-name}/kvp/{key}` `{value}` | sets a pair of the host pool (201 if new, 200 if replaced), kept in the registry; a connected agent gets it at once |
 //! | `DELETE /v1/partitions/{id-or-name}/kvp/{key}` | deletes a pair of the host pool (404 `not_found` if absent) |
 //! | `GET /v1/listeners` | live listeners |
 //! | `GET /v1/attachments` | VM attachments and the `PATH_<port>` sockets open for their guests |

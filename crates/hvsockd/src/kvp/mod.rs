@@ -11,10 +11,8 @@
 //!   shown as not connected. One connection per partition feeds it: a newer one replaces the
 //!   older, whose [`GuestFeed::replaced`] fires.
 //!
-//! Both pools hold at most [`MAX_PAIRS`] pairs (the agent's own bound). [`service`] serves
-//! one agent connection over them.
-
-pub mod service;
+//! Both pools hold at most [`MAX_PAIRS`] pairs (the agent's own bound).
+//! [`crate::services::kvp`] serves the agents' connections over them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -43,6 +43,7 @@
 pub mod conn;
 pub mod guests;
 pub mod heartbeat;
+pub mod kvp;
 pub mod time;
 
 use std::collections::HashMap;

@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use hvsock::Guid;
 use hvsock_agent::kvp::Pair;
-use tokio::io::DuplexStream;
+use hvsock_agent::wire::{Frame, HELLO, Hello, WELCOME};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use super::*;
 
@@ -15,10 +18,7 @@ struct Agent {
 
 impl Agent {
     async fn hello(service: &str, stream: DuplexStream) -> (Agent, Result<Frame, WireError>) {
-        let mut conn = Conn {
-            stream,
-            decoder: Decoder::default(),
-        };
+        let mut conn = Conn::new(stream, hvsock_agent::wire::MAX_FRAME);
         let hello = Hello {
             service: service.into(),
             min: 1,
@@ -93,7 +93,7 @@ async fn snapshot_then_changes_both_ways() {
     agent.send(&[Msg::Delete("app".into())]).await;
     until("the delete", || pools.guest(vm).pairs.len() == 1).await;
     shutdown.cancel();
-    assert_eq!(task.await.unwrap().unwrap(), End::Shutdown);
+    assert_eq!(task.await.unwrap().unwrap(), End::Ended);
     let guest = pools.guest(vm);
     assert!(!guest.connected, "the pool is kept, not live");
     assert_eq!(guest.pairs["hostname"], "g");
@@ -120,14 +120,16 @@ async fn hostile_input_ends_only_that_connection_with_an_error() {
         "{told:?}"
     );
     // An oversized frame, refused from its header.
-    let (stream, task, _s) = start(&pools, vm);
-    let (mut agent, _) = Agent::hello(kvp::SERVICE, stream).await;
-    agent
-        .conn
-        .stream
-        .write_all(&u32::MAX.to_le_bytes())
-        .await
-        .unwrap();
+    let (mut stream, task, _s) = start(&pools, vm);
+    let hello = Hello {
+        service: kvp::SERVICE.into(),
+        min: 1,
+        max: 1,
+        client: "test".into(),
+    };
+    let mut bytes = Frame::json(HELLO, &hello).encode();
+    bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+    stream.write_all(&bytes).await.unwrap();
     assert!(matches!(
         task.await.unwrap(),
         Err(WireError::TooLarge { .. })
