@@ -321,3 +321,43 @@ fn a_hostile_client_ends_only_its_own_connection() {
     drop(good);
     wait_guest(d, "evil", "lost", Duration::from_secs(5), state_is("lost"));
 }
+
+#[test]
+fn after_a_sigusr2_upgrade_hvsockd_serves_again_and_the_agent_is_back() {
+    let s = Sandbox::start(ARGS);
+    let d = &s.d;
+    wait_guest(d, "sb", "ok", Duration::from_secs(20), state_is("ok"));
+    let before = d.log().len();
+    let pid = d.pid();
+    let upgraded = Instant::now();
+    d.signal(rustix::process::Signal::USR2);
+    support::wait_for("the upgraded hvsockd", Duration::from_secs(30), || {
+        d.log()[before..].contains("hvsockd ready")
+    });
+    assert_eq!(d.pid(), pid);
+    // The new hvsockd knows nothing of the guest until its agent reconnects (within its
+    // backoff), then it is ok again.
+    let (g, _) = wait_guest(
+        d,
+        "sb",
+        "ok after the upgrade",
+        Duration::from_secs(20),
+        |g| g["state"] == "ok",
+    );
+    eprintln!(
+        "upgrade: guest ok again {:?} after SIGUSR2",
+        upgraded.elapsed()
+    );
+    assert_eq!(g["hostname"], uname("-n"), "{g}");
+    // hvsockd's own listeners are bound afresh, once each (not handed over as sessions).
+    let (_, listeners) = d.api("GET", "/v1/listeners", None);
+    for name in [HEARTBEAT.name, TIME.name] {
+        let n = listeners
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["service_name"] == name)
+            .count();
+        assert_eq!(n, 1, "{name}: {listeners}");
+    }
+}
