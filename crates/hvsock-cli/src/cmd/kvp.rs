@@ -240,14 +240,15 @@ fn delete(ctx: &Context, args: DeleteArgs, out: &mut dyn Write) -> Result<(), Cl
             args.key, args.vm
         )
     };
-    match admin(ctx, doing)?.kvp_delete(&args.vm, &args.key) {
+    let client = admin(ctx, doing)?;
+    match client.kvp_delete(&args.vm, &args.key) {
         Ok(()) => Ok(writeln!(
             out,
             "deleted {} from the host pool of {}",
             args.key, args.vm
         )?),
-        // A missing VM is 404 too; only a missing key is forgiven.
-        Err(e) if args.if_exists && e.is_not_found() && e.to_string().starts_with("no key ") => {
+        // A missing VM is 404 too: only a missing key (of a VM that exists) is forgiven.
+        Err(e) if args.if_exists && e.is_not_found() && client.partition(&args.vm).is_ok() => {
             let _ = writeln!(std::io::stderr(), "hvsock: {e}; nothing to delete");
             Ok(())
         }
