@@ -8,7 +8,9 @@
 //! services (over the VM's hybrid vsock `PATH_50003`/`PATH_50004`), followed through the
 //! admin API (what `hvsock vm show` prints): the guest boots with its clock in 2001 and the
 //! agent sets it from hvsockd's; killing the agent makes the guest `lost` and busybox init's
-//! respawn makes it `ok` again.
+//! respawn makes it `ok` again. Key-value pairs cross both ways through hvsockd's own
+//! `hvsock-kvp` (`PATH_50005`): `hvsock kvp set` reaches the guest's file and `hvsock-agent
+//! kvp get`, and the agent's built-in keys and a pair set in the guest reach `hvsock kvp`.
 //!
 //! It installs what it needs with `scripts/nested-vm/setup.sh` (idempotent) and never opens
 //! `AF_VSOCK` on this machine. Every process it starts is stopped by its pid.
@@ -436,6 +438,96 @@ fn the_agent_in_a_real_guest_runs_commands_copies_files_and_shuts_it_down() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Key-value both ways over hvsockd's own hvsock-kvp (PATH_50005): a host pair reaches the
+    // guest's file and `hvsock-agent kvp`; the agent's built-in keys and a guest program's
+    // pair reach the host.
+    let t0 = Instant::now();
+    ok(
+        "kvp set",
+        30,
+        hv().args(["kvp", "set", "vm1", "role", "nested"]),
+    );
+    let kvp_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(
+            hv().args([
+                "exec",
+                "vm1",
+                "--",
+                "cat",
+                "/run/hvsock-agent/kvp/host/role",
+            ]),
+            b"",
+            Duration::from_secs(30),
+        );
+        if out.status.success() && text(&out.stdout) == "nested" {
+            break;
+        }
+        assert!(
+            Instant::now() < kvp_deadline,
+            "the host's pair never reached the guest: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kvp_seen = t0.elapsed();
+    let got = ok(
+        "hvsock-agent kvp get in the guest",
+        60,
+        hv().args([
+            "exec",
+            "vm1",
+            "--",
+            "hvsock-agent",
+            "kvp",
+            "get",
+            "--pool",
+            "host",
+            "role",
+        ]),
+    );
+    assert_eq!(got, "nested\n");
+    ok(
+        "hvsock-agent kvp set in the guest",
+        60,
+        hv().args([
+            "exec",
+            "vm1",
+            "--",
+            "hvsock-agent",
+            "kvp",
+            "set",
+            "gk",
+            "gv",
+        ]),
+    );
+    let kvp_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(
+            hv().args(["kvp", "list", "vm1", "--pool", "guest", "--json"]),
+            b"",
+            Duration::from_secs(30),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let pairs = &json["guest"]["pairs"];
+        if pairs["gk"] == "gv"
+            && ["hostname", "os", "kernel", "agent"]
+                .iter()
+                .all(|k| pairs[k].is_string())
+        {
+            if let Some(kernel) = env.get("KERNEL_VERSION") {
+                assert_eq!(pairs["kernel"], kernel.as_str(), "{json}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < kvp_deadline,
+            "the guest's pool never reached the host: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("kvp: host set -> guest file seen by exec polling in {kvp_seen:?}");
 
     // exec: streams apart, the exit status, stdin through `cat` hashed.
     let out = run(
