@@ -23,6 +23,8 @@
 //!   before hvsockd did (e.g. a listener session resumed after an upgrade) serves it, and
 //!   hvsockd logs that once and binds as soon as that program unbinds. A program that binds
 //!   it after hvsockd gets `addr_in_use`.
+//! - **A removed partition** loses its live connection, and the service forgets it
+//!   ([`Served::forget`]).
 //! - **One connection per partition.** A newer connection of a partition to a service ends the
 //!   older one ([`Incoming::ended`] fires), so a partition holds at most one connection per
 //!   served service, whatever it tries.
@@ -46,7 +48,7 @@ pub mod heartbeat;
 pub mod kvp;
 pub mod time;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -94,6 +96,10 @@ pub trait Served: Send + Sync + std::fmt::Debug + 'static {
     /// Serves one connection until it ends. `Ok` for an ordinary end (the peer closed,
     /// [`Incoming::ended`] fired); `Err` for what broke it, logged as a warning.
     fn serve(self: Arc<Self>, conn: Incoming) -> Serving;
+
+    /// Partition `vm`, which connected before, was removed (its connection, if live, was
+    /// ended): forget what the service keeps of it.
+    fn forget(&self, _vm: VmId) {}
 }
 
 /// A listener's sink that hands each connection to its service's runner.
@@ -138,10 +144,28 @@ async fn run(broker: Arc<Broker>, service: Arc<dyn Served>, shutdown: Cancellati
     // The last reason a bind failed, so that it is logged once, not on every change.
     let mut refused: Option<&'static str> = None;
     let live: Live = Arc::default();
+    // Partitions that ever connected, to forget when they are removed.
+    let mut known: HashSet<VmId> = HashSet::new();
     let mut seq = 0u64;
     loop {
         generation.borrow_and_update();
-        let wanted = broker.world().lock().service_state(id) == ServiceState::Enabled;
+        let (wanted, gone) = {
+            let world = broker.world().lock();
+            let gone: Vec<VmId> = known
+                .iter()
+                .copied()
+                .filter(|vm| world.partition(*vm).is_none())
+                .collect();
+            (world.service_state(id) == ServiceState::Enabled, gone)
+        };
+        for vm in gone {
+            known.remove(&vm);
+            let older = live.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
+            if let Some((_, token)) = older {
+                token.cancel();
+            }
+            service.forget(vm);
+        }
         match (&bound, wanted) {
             (None, true) => match bind(&broker, id) {
                 Ok(b) => {
@@ -188,6 +212,7 @@ async fn run(broker: Arc<Broker>, service: Arc<dyn Served>, shutdown: Cancellati
                 let Some(b) = bound.as_ref() else { continue };
                 b.listener.ack(1);
                 seq += 1;
+                known.insert(SockAddrHv::from(peer).vm_id);
                 accept(&broker, &service, &live, b, peer, fd, seq);
             }
             () = shutdown.cancelled() => break,

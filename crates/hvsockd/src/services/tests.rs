@@ -152,7 +152,22 @@ async fn served_while_enabled_one_connection_per_partition_and_ends_at_disable()
     // Enabled again: served again.
     set_enabled(&f, f.echo, true);
     until(|| bound(&f, f.echo)).await;
-    connect(&f, f.sandbox, f.echo).await.expect("served again");
+    let mut third = connect(&f, f.sandbox, f.echo).await.expect("served again");
+    // The partition removed: its connection ends.
+    third = tokio::task::spawn_blocking(move || {
+        let mut b = [0u8; 1];
+        third.read_exact(&mut b).unwrap();
+        third
+    })
+    .await
+    .unwrap();
+    let _ = f.broker.world().lock().remove_partition(f.sandbox);
+    tokio::task::spawn_blocking(move || {
+        let mut b = [0u8; 1];
+        assert_eq!(third.read(&mut b).unwrap(), 0, "ended with its partition");
+    })
+    .await
+    .unwrap();
     shutdown.cancel();
     until(|| !bound(&f, f.echo)).await;
 }

@@ -49,6 +49,10 @@ impl Served for Time {
         TIME.name
     }
 
+    fn forget(&self, vm: hvsock::VmId) {
+        self.guests.forget(vm);
+    }
+
     fn serve(self: Arc<Self>, conn: Incoming) -> Serving {
         Box::pin(async move {
             let Incoming {
