@@ -47,6 +47,12 @@ impl Served for Kvp {
         KVP.name
     }
 
+    /// The control layer drops a removed partition's pools already; this drops again what a
+    /// connection racing the removal may have made.
+    fn forget(&self, vm: VmId) {
+        self.pools.remove(vm);
+    }
+
     fn serve(self: Arc<Self>, conn: Incoming) -> Serving {
         Box::pin(async move {
             serve(conn.stream, self.pools.clone(), conn.partition, conn.ended)
