@@ -99,18 +99,10 @@ fn guest(
     if preload {
         cmd.env("LD_PRELOAD", i.so());
     }
-    let mut wrapped = Command::new("timeout");
-    wrapped
-        .arg("30")
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    wrapped.stdin(Stdio::null()).output().unwrap()
+    support::under_timeout(30, &cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// The document's two programs, host and sandboxes, built one way (`preload`: with the header
