@@ -56,28 +56,9 @@ pub struct Beat {
     pub seq: u64,
 }
 
-/// What the host knows of a guest's agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuestState {
-    /// Never heard from since the host started.
-    NoContact,
-    /// Beating.
-    Ok,
-    /// Was heard from, but the connection ended or the beats stopped.
-    Lost,
-}
-
-impl GuestState {
-    /// Its name in listings and `/metrics`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuestState::NoContact => "no_contact",
-            GuestState::Ok => "ok",
-            GuestState::Lost => "lost",
-        }
-    }
-}
+/// What the host knows of a guest's agent: the admin API's type, so that the state the
+/// [`Tracker`] decides is the one `hvsock vm show` and `/metrics` name.
+pub use hvsock_api::GuestState;
 
 /// The host's view of one guest's heartbeat, fed by what arrives (sans I/O: the host's server
 /// reads the frames and calls it).

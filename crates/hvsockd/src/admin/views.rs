@@ -114,7 +114,6 @@ pub fn partition(api: &Api, p: &PartitionRecord) -> Partition {
 
 /// A guest as the API shows it.
 pub fn guest(g: crate::services::guests::Guest) -> hvsock_api::Guest {
-    use hvsock_agent::heartbeat::GuestState as S;
     let secs = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -122,11 +121,7 @@ pub fn guest(g: crate::services::guests::Guest) -> hvsock_api::Guest {
     };
     let facts = g.facts.as_ref();
     hvsock_api::Guest {
-        state: match g.state {
-            S::NoContact => hvsock_api::GuestState::NoContact,
-            S::Ok => hvsock_api::GuestState::Ok,
-            S::Lost => hvsock_api::GuestState::Lost,
-        },
+        state: g.state,
         last_heartbeat: g.last_heartbeat.map(secs),
         heartbeat_age_ms: g.heartbeat_age_secs.map(|a| (a * 1000.0) as u64),
         agent: facts.map(|f| f.agent.clone()),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hvsock_agent::wire::{self, Decoder, ERROR, Frame, HELLO, Hello, WELCOME, Welcome, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// How long a new connection may take to say Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +48,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// The next frame, as [`Conn::read`], for a service whose agent sends something at least
+    /// every `idle`: `None` also when `ended` fires first; silence for `idle` is an error that
+    /// says what the agent should have done (`expected`, e.g. "the agent beats every 2 s").
+    pub async fn next_within(
+        &mut self,
+        idle: Duration,
+        ended: &CancellationToken,
+        expected: &str,
+    ) -> Result<Option<Frame>, WireError> {
+        tokio::select! {
+            frame = tokio::time::timeout(idle, self.read()) => frame.unwrap_or_else(|_| {
+                Err(WireError::Invalid(format!(
+                    "nothing for {} s ({expected})",
+                    idle.as_secs()
+                )))
+            }),
+            () = ended.cancelled() => Ok(None),
+        }
+    }
+
     /// Writes `frames`, in one write.
     pub async fn write(
         &mut self,
@@ -79,6 +100,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         result
+    }
+
+    /// [`Conn::welcome`], unless `ended` fires first (a newer connection took over, or hvsockd
+    /// stops): `None` then.
+    pub async fn welcome_unless(
+        &mut self,
+        service: &str,
+        versions: (u16, u16),
+        ended: &CancellationToken,
+    ) -> Result<Option<u16>, WireError> {
+        tokio::select! {
+            welcomed = self.welcome(service, versions) => welcomed.map(Some),
+            () = ended.cancelled() => Ok(None),
+        }
     }
 
     async fn negotiate(&mut self, service: &str, versions: (u16, u16)) -> Result<u16, WireError> {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use hvsock::ServiceId;
 use hvsock_agent::heartbeat;
 use hvsock_agent::services::HEARTBEAT;
-use hvsock_agent::wire::WireError;
 
 use super::conn::Conn;
 use super::guests::Guests;
@@ -56,27 +55,20 @@ impl Served for Heartbeat {
                 ..
             } = conn;
             let mut conn = Conn::new(stream, MAX_FRAME);
-            tokio::select! {
-                welcomed = conn.welcome(heartbeat::SERVICE, heartbeat::VERSIONS) => { welcomed?; }
-                () = ended.cancelled() => return Ok(()),
+            if conn
+                .welcome_unless(heartbeat::SERVICE, heartbeat::VERSIONS, &ended)
+                .await?
+                .is_none()
+            {
+                return Ok(());
             }
             self.guests.connect(partition, seq);
+            let expected = format!("the agent beats every {} s", heartbeat::INTERVAL.as_secs());
             let result = loop {
-                let frame = tokio::select! {
-                    frame = tokio::time::timeout(IDLE, conn.read()) => frame,
-                    () = ended.cancelled() => break Ok(()),
-                };
-                let frame = match frame {
-                    Ok(Ok(Some(frame))) => frame,
-                    Ok(Ok(None)) => break Ok(()),
-                    Ok(Err(e)) => break Err(e),
-                    Err(_) => {
-                        break Err(WireError::Invalid(format!(
-                            "nothing for {} s (the agent beats every {} s)",
-                            IDLE.as_secs(),
-                            heartbeat::INTERVAL.as_secs()
-                        )));
-                    }
+                let frame = match conn.next_within(IDLE, &ended, &expected).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
                 };
                 if let Err(e) = self.guests.heartbeat(partition, seq, &frame) {
                     break Err(e);

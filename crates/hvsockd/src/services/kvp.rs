@@ -83,9 +83,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ended: CancellationToken,
 ) -> Result<End, WireError> {
     let mut conn = Conn::new(stream, MAX_FRAME);
-    tokio::select! {
-        welcomed = conn.welcome(kvp::SERVICE, kvp::VERSIONS) => { welcomed?; }
-        () = ended.cancelled() => return Ok(End::Ended),
+    if conn
+        .welcome_unless(kvp::SERVICE, kvp::VERSIONS, &ended)
+        .await?
+        .is_none()
+    {
+        return Ok(End::Ended);
     }
     let feed = pools.connect_guest(vm);
     let result = exchange(&mut conn, &pools, &feed, vm, &ended).await;

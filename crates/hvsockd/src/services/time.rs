@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hvsock::ServiceId;
 use hvsock_agent::services::TIME;
 use hvsock_agent::time::{self, Report};
-use hvsock_agent::wire::WireError;
 
 use super::conn::Conn;
 use super::guests::Guests;
@@ -62,26 +61,19 @@ impl Served for Time {
                 ..
             } = conn;
             let mut conn = Conn::new(stream, MAX_FRAME);
-            tokio::select! {
-                welcomed = conn.welcome(time::SERVICE, time::VERSIONS) => { welcomed?; }
-                () = ended.cancelled() => return Ok(()),
+            if conn
+                .welcome_unless(time::SERVICE, time::VERSIONS, &ended)
+                .await?
+                .is_none()
+            {
+                return Ok(());
             }
+            let expected = format!("the agent asks every {} s", time::POLL.as_secs());
             let result = loop {
-                let frame = tokio::select! {
-                    frame = tokio::time::timeout(IDLE, conn.read()) => frame,
-                    () = ended.cancelled() => break Ok(()),
-                };
-                let frame = match frame {
-                    Ok(Ok(Some(frame))) => frame,
-                    Ok(Ok(None)) => break Ok(()),
-                    Ok(Err(e)) => break Err(e),
-                    Err(_) => {
-                        break Err(WireError::Invalid(format!(
-                            "nothing for {} s (the agent asks every {} s)",
-                            IDLE.as_secs(),
-                            time::POLL.as_secs()
-                        )));
-                    }
+                let frame = match conn.next_within(IDLE, &ended, &expected).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
                 };
                 if frame.kind == time::REPORT {
                     match frame.parse::<Report>() {
