@@ -11,8 +11,9 @@ use hvsock_api::{
     NewService, Partition, PartitionPatch, PartitionRef, Service, ServicePatch, Stats,
 };
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::http::ApiResult;
+use super::http::{ApiResult, object};
 use super::{Api, OPENAPI, views};
 use crate::control::ControlError;
 use crate::registry::{
@@ -38,9 +39,9 @@ pub async fn list_services(State(api): State<Api>) -> Json<Vec<Service>> {
 
 pub async fn add_service(
     State(api): State<Api>,
-    body: Result<Json<NewService>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Service>)> {
-    let Json(body) = body?;
+    let body: NewService = object(body)?;
     let (record, added) = api.control.add_service(body).await?;
     Ok((created(added), Json(views::service(&api, &record))))
 }
@@ -56,9 +57,9 @@ pub async fn show_service(
 pub async fn patch_service(
     State(api): State<Api>,
     UrlPath(key): UrlPath<String>,
-    body: Result<Json<ServicePatch>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<Service>> {
-    let Json(body) = body?;
+    let body: ServicePatch = object(body)?;
     let record = api.control.patch_service(&key, body).await?;
     Ok(Json(views::service(&api, &record)))
 }
@@ -97,9 +98,9 @@ pub async fn list_partitions(State(api): State<Api>) -> Json<Vec<Partition>> {
 
 pub async fn add_partition(
     State(api): State<Api>,
-    body: Result<Json<NewPartition>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Partition>)> {
-    let Json(body) = body?;
+    let body: NewPartition = object(body)?;
     let (record, added) = api.control.add_partition(body).await?;
     Ok((created(added), Json(views::partition(&api, &record))))
 }
@@ -115,9 +116,9 @@ pub async fn show_partition(
 pub async fn patch_partition(
     State(api): State<Api>,
     UrlPath(key): UrlPath<String>,
-    body: Result<Json<PartitionPatch>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<Partition>> {
-    let Json(body) = body?;
+    let body: PartitionPatch = object(body)?;
     let record = api.control.rename_partition(&key, body.name).await?;
     Ok(Json(views::partition(&api, &record)))
 }
@@ -223,9 +224,9 @@ pub async fn show_kvp_pair(
 pub async fn set_kvp_pair(
     State(api): State<Api>,
     UrlPath((key, name)): UrlPath<(String, String)>,
-    body: Result<Json<KvpValue>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<KvpPair>)> {
-    let Json(body) = body?;
+    let body: KvpValue = object(body)?;
     let (record, set) = api
         .control
         .kvp_set(&key, name.clone(), body.value.clone())
@@ -282,10 +283,10 @@ fn merge() -> ImportMode {
 pub async fn import_registry(
     State(api): State<Api>,
     params: Result<Query<ImportParams>, QueryRejection>,
-    body: Result<Json<Export>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<ImportReport>> {
     let Query(params) = params?;
-    let Json(doc) = body?;
+    let doc: Export = object(body)?;
     let report = api.control.import(doc, params.mode, params.dry_run).await?;
     Ok(Json(report))
 }

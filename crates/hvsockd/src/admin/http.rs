@@ -7,6 +7,8 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hvsock_api::{ErrorBody, ErrorDetail};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::control::ControlError;
 use crate::registry::RegistryError;
@@ -169,6 +171,36 @@ impl From<JsonRejection> for ApiError {
         };
         ApiError::new(e.status(), code, e.body_text())
     }
+}
+
+/// A request's JSON body as `T`, which must be a JSON object: serde would also read a struct from
+/// an array, by position, which the API neither documents nor means (`[]` would be an empty
+/// patch). Refused like any body of the wrong type: 422 `invalid_json`.
+pub fn object<T: DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(value) = body?;
+    let invalid = |why: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            format!("Failed to deserialize the JSON body into the target type: {why}"),
+        )
+    };
+    if !value.is_object() {
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        return Err(invalid(format!(
+            "the body must be a JSON object, not {kind}"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 impl From<QueryRejection> for ApiError {

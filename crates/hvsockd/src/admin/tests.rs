@@ -156,7 +156,7 @@ async fn the_router_serves_the_document_and_answers_every_documented_route() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn kvp_refusals_have_their_own_codes() {
+async fn kvp_and_body_refusals_have_their_own_codes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = crate::Config::new(hvsock::dirs::Dirs::under(tmp.path()));
     let server = crate::Server::bind(config).await.expect("bind");
@@ -194,7 +194,38 @@ async fn kvp_refusals_have_their_own_codes() {
         StatusCode::CREATED
     );
     let big = "v".repeat(hvsock_agent::kvp::MAX_VALUE + 1);
+    let array = |a: serde_json::Value| Some(a);
     for (method, path, body, status, code) in [
+        // A body must be an object: serde reads a struct from an array by position, which
+        // would make `[]` an empty patch and `["v"]` a value (schemathesis found the first).
+        (
+            "PATCH",
+            "/v1/services/hvsock-kvp",
+            array(serde_json::json!([])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            "PATCH",
+            "/v1/partitions/web",
+            array(serde_json::json!([])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/partitions",
+            array(serde_json::json!(["web2"])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            "/v1/partitions/web/kvp/k",
+            array(serde_json::json!(["v"])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
         (
             "PUT",
             "/v1/partitions/web/kvp/.hidden",
