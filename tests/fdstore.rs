@@ -18,44 +18,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hvsock::{HvListener, HvStream, SockAddrHv, VmId};
-use support::{Daemon, Manager, Proc, pattern, wait_for};
+use support::{Daemon, Manager, Proc, accept_within, answered_in_order, pattern, wait_for};
 
 const T: Duration = Duration::from_secs(10);
-/// Accepts on `listener` within `T` (never blocks longer): a failure fails the test at once.
-fn accept_within(listener: &HvListener) -> HvStream {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no connection to accept within {T:?}");
-        let mut fds = [rustix::event::PollFd::new(
-            listener,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
-        };
-        rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
-        if fds[0].revents().is_empty() {
-            continue;
-        }
-        listener.set_nonblocking(true).unwrap();
-        let accepted = listener.accept();
-        listener.set_nonblocking(false).unwrap();
-        match accepted {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                stream.set_read_timeout(Some(T)).unwrap();
-                return stream;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("accept failed: {e}"),
-        }
-    }
-}
 
 /// Sends `what` to `hvsock listen --keep` on port 5401 with `hvsock connect`.
 fn send(d: &Daemon, what: &str) {
@@ -142,20 +110,8 @@ fn a_listener_a_waiting_connector_a_sandbox_and_a_connection_survive_kill_9_with
     assert!(!log.contains("not resuming"), "{log}");
 
     // The waiting connector got its answer, after the connection before it.
-    let mut a1 = accept_within(&listener);
-    let mut a2 = accept_within(&listener);
-    let mut waited = waiting
-        .join()
-        .unwrap()
-        .expect("the waiting connector is answered");
-    let mut first = first;
-    first.write_all(b"first").unwrap();
-    waited.write_all(b"waited").unwrap();
+    answered_in_order(&listener, first, waiting);
     let mut buf = [0u8; 6];
-    a1.read_exact(&mut buf[..5]).unwrap();
-    assert_eq!(&buf[..5], b"first");
-    a2.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"waited");
 
     // No byte lost.
     receiver

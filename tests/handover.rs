@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hvsock::{HvListener, HvStream, ServiceId, SockAddrHv, VmId};
 use rustix::process::Signal;
-use support::{Daemon, Proc, bins, hv, pattern, tempdir, wait_for};
+use support::{Daemon, Proc, answered_in_order, bins, hv, pattern, tempdir, wait_for};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -87,20 +87,8 @@ fn sigusr2_keeps_listeners_waiting_connectors_connections_and_sandboxes() {
     upgrade(&d);
 
     // The waiting connector got its answer, after the connection before it.
-    let (mut a1, _) = listener.accept().unwrap();
-    let (mut a2, _) = listener.accept().unwrap();
-    let mut waited = waiting
-        .join()
-        .unwrap()
-        .expect("the waiting connector is answered");
-    let mut first = first;
-    first.write_all(b"first").unwrap();
-    waited.write_all(b"waited").unwrap();
+    answered_in_order(&listener, first, waiting);
     let mut buf = [0u8; 6];
-    a1.read_exact(&mut buf[..5]).unwrap();
-    assert_eq!(&buf[..5], b"first");
-    a2.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"waited");
 
     // No byte lost.
     let mut got = Vec::new();

@@ -11,6 +11,8 @@
 //!   collected; [`run`] and [`Out`], a command run to its end within a bound; [`wait_for`];
 //! - `manager`: [`Manager`], a service manager's notify socket and descriptor store, as systemd
 //!   keeps it, for tests of hvsockd's store;
+//! - `resume`: [`accept_within`] (an accept that fails the test rather than hang) and
+//!   [`answered_in_order`], for listeners that live through a restart or an upgrade;
 //! - `data`: [`pattern`] (bulk test data), [`text`] and [`PORT_2761`];
 //! - `c`: libhvsock as its users get it (`cargo cinstall`, programs built with pkg-config);
 //! - here: [`tempdir`], [`require`] (a tool the tests need) and [`require_root`].
@@ -25,6 +27,7 @@ mod daemon;
 mod data;
 mod manager;
 mod process;
+mod resume;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +44,8 @@ pub use manager::{Manager, STORE_MAX};
 pub use process::{
     Guard, Out, Proc, QUICK, run, run_checked, run_ok, under_timeout, wait_exit, wait_for,
 };
+#[allow(unused_imports)]
+pub use resume::{accept_within, answered_in_order};
 
 /// A new temp dir whose name starts with `prefix` (so that what a test leaves is recognisable),
 /// removed when dropped.
