@@ -114,11 +114,7 @@ pub fn partition(api: &Api, p: &PartitionRecord) -> Partition {
 
 /// A guest as the API shows it.
 pub fn guest(g: crate::services::guests::Guest) -> hvsock_api::Guest {
-    let secs = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
-    };
+    let secs = crate::registry::unix_secs;
     let facts = g.facts.as_ref();
     hvsock_api::Guest {
         state: g.state,

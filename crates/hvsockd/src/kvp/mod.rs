@@ -16,13 +16,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hvsock::VmId;
 use hvsock_agent::kvp::{Mirror, Msg};
 use hvsock_agent::wire::WireError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::registry::now;
 
 pub use hvsock_agent::kvp::MAX_PAIRS;
 
@@ -73,13 +74,6 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Pools {
     inner: Mutex<Inner>,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Pools {

@@ -292,11 +292,16 @@ pub struct Registry {
     created: bool,
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// `t` as the registry and the admin API write times: whole seconds since the Unix epoch.
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Now, as [`unix_secs`].
+pub fn now() -> i64 {
+    unix_secs(SystemTime::now())
 }
 
 /// The `policy` column of a service with no policy of its own.
