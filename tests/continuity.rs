@@ -16,7 +16,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -168,6 +168,22 @@ fn send_to(transport: &Transport, port: u32, text: &str, timeout: Duration) -> s
     stream.shutdown(Shutdown::Write)
 }
 
+/// [`send_to`] a listener that is binding again after a restart: hvsockd may be back a moment
+/// before the listener is (its re-bind starts when it notices the old session ended), and a
+/// connect in that moment is refused ("nothing listens"), so a refusal is tried again until
+/// `QUICK` has passed.
+fn send_when_back(transport: &Transport, port: u32, text: &str) -> std::io::Result<()> {
+    let deadline = Instant::now() + QUICK;
+    loop {
+        match send_to(transport, port, text, QUICK) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 #[test]
 fn listen_keep_and_a_library_listener_serve_on_across_kill_9_and_restart() {
     let mut d = Daemon::start();
@@ -193,8 +209,8 @@ fn listen_keep_and_a_library_listener_serve_on_across_kill_9_and_restart() {
     let accepting = receiving(&listener);
     std::thread::sleep(Duration::from_millis(100));
     d.restart();
-    send_to(&d.host(), PORT, "after\n", QUICK).expect("--keep's listener is back");
-    send_to(&d.host(), PORT + 1, "lib after\n", QUICK).expect("the library listener is back");
+    send_when_back(&d.host(), PORT, "after\n").expect("--keep's listener is back");
+    send_when_back(&d.host(), PORT + 1, "lib after\n").expect("the library listener is back");
     assert_eq!(received(&accepting), "lib after\n");
     keep.wait_stdout("--keep to serve after the restart", |out| {
         out.ends_with(b"before\nafter\n")
@@ -207,7 +223,7 @@ fn listen_keep_and_a_library_listener_serve_on_across_kill_9_and_restart() {
     let accepting = receiving(&listener);
     std::thread::sleep(Duration::from_millis(100));
     d.restart();
-    send_to(&d.host(), PORT + 1, "again\n", QUICK).unwrap();
+    send_when_back(&d.host(), PORT + 1, "again\n").unwrap();
     assert_eq!(received(&accepting), "again\n");
     assert_eq!(listener.as_raw_fd(), fd);
     // With no patience, a lost session is an error at once, as before.
@@ -283,7 +299,7 @@ fn an_async_listener_accepts_across_kill_9_and_restart() {
         d.restart();
         let host = d.host();
         let connector =
-            tokio::task::spawn_blocking(move || send_to(&host, PORT, "async after\n", QUICK));
+            tokio::task::spawn_blocking(move || send_when_back(&host, PORT, "async after\n"));
         let (mut conn, _) = tokio::time::timeout(QUICK, listener.accept())
             .await
             .expect("accept within the time")
@@ -299,7 +315,7 @@ fn an_async_listener_accepts_across_kill_9_and_restart() {
         d.restart();
         let host = d.host();
         let connector =
-            tokio::task::spawn_blocking(move || send_to(&host, PORT, "polled\n", QUICK));
+            tokio::task::spawn_blocking(move || send_when_back(&host, PORT, "polled\n"));
         let accepted =
             tokio::time::timeout(QUICK, std::future::poll_fn(|cx| listener.poll_accept(cx)))
                 .await
@@ -375,7 +391,7 @@ fn a_raw_descriptor_poller_gets_its_connections_on_the_same_number_after_a_resta
     send_to(&d.host(), PORT, "before\n", QUICK).unwrap();
     d.restart();
     let host = d.host();
-    let sent = std::thread::spawn(move || send_to(&host, PORT, "after\n", QUICK));
+    let sent = std::thread::spawn(move || send_when_back(&host, PORT, "after\n"));
     let deadline = Instant::now() + QUICK;
     let mut texts = Vec::new();
     let mut would_block = 0;
